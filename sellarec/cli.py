@@ -1,0 +1,166 @@
+"""Command line: ``python -m sellarec <command>`` (also installed as ``sellarec``).
+
+Any :class:`~sellarec.errors.SellarecError` becomes one line on stderr and exit code 2; anything else is a bug and
+keeps its traceback. Heavy modules are imported inside the commands so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import yaml
+
+from sellarec.config import SellaConfig, apply_overrides, list_presets, list_profiles, load_config, to_dict
+from sellarec.errors import SellarecError
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_config_args(parser: argparse.ArgumentParser, default_profile: str | None) -> None:
+    parser.add_argument("--profile", default=default_profile,
+                        help=f"size profile: {', '.join(list_profiles())} (default: {default_profile or 'none'})")
+    parser.add_argument("--preset", default=None, help=f"method preset: {', '.join(list_presets())}")
+    parser.add_argument("--config", dest="config_file", default=None, metavar="FILE",
+                        help="YAML file with config sections, applied after profile and preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override, repeatable, e.g. --set stage3.tokens=[user,item]")
+    parser.add_argument("--cache-dir", default=None, help="cache root (default: $SELLAREC_CACHE or ~/.cache/sellarec)")
+
+
+def _config_from_args(args: argparse.Namespace, extra: dict[str, object] | None = None) -> SellaConfig:
+    cfg = load_config(args.profile, args.preset, args.overrides, args.config_file)
+    extra = dict(extra or {})
+    if args.cache_dir is not None:
+        extra["runtime.cache_dir"] = args.cache_dir
+    return apply_overrides(cfg, {k: v for k, v in extra.items() if v is not None}) if extra else cfg
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    from sellarec.data import dataset_stats, load_dataset
+    from sellarec.runtime import cache_root
+
+    extra: dict[str, object] = {"data.dataset": args.dataset, "data.data_dir": args.data_dir}
+    cfg = _config_from_args(args, extra)
+    stats = dataset_stats(load_dataset(cfg.data, cache_root(cfg.runtime)))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"dataset {stats['dataset']} (fingerprint {stats['fingerprint']}): {stats['users']} users, "
+          f"{stats['items']} items; warm/cold by the '{stats['warm_definition']}' definition")
+    header = f"{'split':<6} {'rows':>8} {'raw_rows':>9} {'users':>6} {'items':>6} {'pos_rate':>8} {'warm':>7} {'cold':>7}"
+    print(header)
+    for name, row in stats["splits"].items():
+        print(f"{name:<6} {row['rows']:>8} {row['raw_rows']:>9} {row['users']:>6} {row['items']:>6} "
+              f"{row['positive_rate']:>8.4f} {row.get('warm_rows', ''):>7} {row.get('cold_rows', ''):>7}")
+    print("rows = interactions with at least one earlier positive (prompt-level); raw_rows = all of the split")
+    return 0
+
+
+def _example_prompts(cfg: SellaConfig, split: str, count: int, stage: int) -> list[str]:
+    from sellarec.data import load_dataset
+    from sellarec.data.prompts import history_titles, item_words, render_chat, stage1_prompt, stage3_prompt
+    from sellarec.runtime import cache_root
+
+    ds = load_dataset(cfg.data, cache_root(cfg.runtime))
+    rows = ds.split(split).sample(n=min(count, len(ds.split(split))), random_state=cfg.runtime.seed)
+    words = item_words(ds.item_word)
+    texts = []
+    for row in rows.itertuples(index=False):
+        history = history_titles(row.history, ds.titles, cfg.data.history_len, cfg.data.history_placeholder)
+        prompt = (stage1_prompt(words, history, ds.titles[row.item], row.label) if stage == 1 else
+                  stage3_prompt(words, history, ds.titles[row.item], row.label, cfg.stage3.tokens))
+        prefix, answer = render_chat(None, prompt)
+        texts.append(prefix + answer)
+    return texts
+
+
+def _cmd_data_prompts(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args, {"data.dataset": args.dataset, "data.data_dir": args.data_dir})
+    for text in _example_prompts(cfg, args.split, args.n, args.stage):
+        print(text, end="\n\n")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    print("sellarec demo on the embedded default (MovieLens-100K from the recbole package).")
+    print("The training job (stages 1-3) is not built yet (issues #3 and #4); this shows what exists: the dataset")
+    print("protocol and the prompts every stage will train on.\n")
+    stats_args = argparse.Namespace(**{**vars(args), "dataset": None, "data_dir": None, "json": False})
+    _cmd_data_stats(stats_args)
+    cfg = _config_from_args(args)
+    for stage in (1, 3):
+        print(f"\nA stage-{stage} test prompt (ChatML), as rendered for the backbone:")
+        print(_example_prompts(cfg, "test", 1, stage)[0])
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(to_dict(_config_from_args(args)), sort_keys=False), end="")
+    return 0
+
+
+def _cmd_config_list(args: argparse.Namespace) -> int:
+    print("profiles: " + ", ".join(list_profiles()))
+    print("presets:  " + ", ".join(list_presets()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sellarec`` argument parser."""
+    parser = _Parser(prog="sellarec", description="SeLLa-Rec training, search and ablation platform")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True,
+                                                                            parser_class=_Parser)
+    stats = data.add_parser("stats", help="rows, users, items, positive rate and warm/cold rows per split")
+    stats.add_argument("--dataset", default=None, help="ml100k (embedded), ml1m, amazon-book or csv")
+    stats.add_argument("--data-dir", default=None, help="raw data folder (ml1m, amazon-book) or file (csv)")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_config_args(stats, default_profile=None)
+    stats.set_defaults(func=_cmd_data_stats)
+
+    prompts = data.add_parser("prompts", help="print rendered example prompts of a split")
+    prompts.add_argument("--dataset", default=None, help="ml100k (embedded), ml1m, amazon-book or csv")
+    prompts.add_argument("--data-dir", default=None, help="raw data folder (ml1m, amazon-book) or file (csv)")
+    prompts.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    prompts.add_argument("--stage", type=int, default=3, choices=[1, 3], help="stage-1 text or stage-3 ID-token prompt")
+    prompts.add_argument("-n", type=int, default=2, help="number of prompts")
+    _add_config_args(prompts, default_profile=None)
+    prompts.set_defaults(func=_cmd_data_prompts)
+
+    demo = commands.add_parser("demo", help="the main job on the embedded default (what `make demo` runs)")
+    _add_config_args(demo, default_profile=None)
+    demo.set_defaults(func=_cmd_demo)
+
+    config = commands.add_parser("config", help="configuration tools").add_subparsers(dest="action", required=True,
+                                                                                       parser_class=_Parser)
+    show = config.add_parser("show", help="print the resolved configuration as YAML")
+    _add_config_args(show, default_profile="quick")
+    show.set_defaults(func=_cmd_config_show)
+    config.add_parser("list", help="list profiles and presets").set_defaults(func=_cmd_config_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SellarecError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

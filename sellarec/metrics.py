@@ -1,0 +1,164 @@
+"""Ranking metrics of the CTR task (METHOD.md §6): AUC, UAUC, GAUC, user-level bootstrap CIs, warm/cold slices.
+
+The ROC-AUC kernel is scikit-learn's. Metric keys are ``"{split}/{name}"`` built by :func:`metric_key`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+__all__ = ["auc", "uauc", "gauc", "UAUC", "bootstrap_ci", "evaluate_slices", "metric_key"]
+
+
+def metric_key(split: str, name: str) -> str:
+    """The one spelling of a metric name, shared by Tune, MLflow and reports: ``valid/auc``, ``test_cold/uauc``."""
+    return f"{split}/{name}"
+
+
+def auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Global ROC-AUC; NaN when only one class is present."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, np.asarray(scores, dtype=float)))
+
+
+@dataclass(frozen=True)
+class UAUC:
+    """Result of :func:`uauc`.
+
+    Attributes:
+        value: unweighted mean of per-user AUC (NaN when no user counts).
+        n_users: users that counted (at least two rows and both labels).
+        n_single_row: users skipped because they have one row.
+        n_single_class: users skipped because all their rows share a label.
+    """
+
+    value: float
+    n_users: int
+    n_single_row: int
+    n_single_class: int
+
+
+def _per_user_auc(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Per-user AUC for users with both classes: (users, aucs, positive counts, n_single_row, n_single_class)."""
+    frame = pd.DataFrame({"u": user_ids, "y": labels, "s": scores})
+    users, aucs, positives = [], [], []
+    single_row = single_class = 0
+    for user, rows in frame.groupby("u", sort=True):
+        if len(rows) < 2:
+            single_row += 1
+            continue
+        y = rows["y"].to_numpy()
+        if y.min() == y.max():
+            single_class += 1
+            continue
+        users.append(user)
+        aucs.append(roc_auc_score(y, rows["s"].to_numpy()))
+        positives.append(int(y.sum()))
+    return np.asarray(users), np.asarray(aucs, dtype=float), np.asarray(positives), single_row, single_class
+
+
+def uauc(user_ids: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray,
+         scores: Sequence[float] | np.ndarray) -> UAUC:
+    """Unweighted mean of per-user ROC-AUC (SeLLa/CoLLM UAUC; METHOD.md §6.3).
+
+    Users with a single row or a single class are skipped and counted, not hidden.
+    """
+    _, aucs, _, single_row, single_class = _per_user_auc(np.asarray(user_ids), np.asarray(labels),
+                                                         np.asarray(scores, dtype=float))
+    value = float(aucs.mean()) if len(aucs) else float("nan")
+    return UAUC(value, int(len(aucs)), single_row, single_class)
+
+
+def gauc(user_ids: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray,
+         scores: Sequence[float] | np.ndarray) -> float:
+    """RecBole's GAUC: per-user AUC weighted by the user's number of positive rows (single-class users skipped)."""
+    _, aucs, positives, _, _ = _per_user_auc(np.asarray(user_ids), np.asarray(labels), np.asarray(scores, dtype=float))
+    if not len(aucs):
+        return float("nan")
+    return float(np.sum(aucs * positives) / np.sum(positives))
+
+
+def bootstrap_ci(user_ids: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray,
+                 scores: Sequence[float] | np.ndarray, metric: str = "auc", n_samples: int = 1000,
+                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile confidence interval of ``metric`` ('auc' or 'uauc') from resampling whole users with replacement.
+
+    Resampling users (not rows) respects that a user's rows are correlated. A user drawn k times contributes its
+    rows k times. Resamples where the metric is undefined are dropped.
+    """
+    if metric not in ("auc", "uauc"):
+        raise ValueError(f"bootstrap_ci supports 'auc' and 'uauc', not {metric!r}")
+    user_ids, labels = np.asarray(user_ids), np.asarray(labels)
+    scores = np.asarray(scores, dtype=float)
+    users, inverse = np.unique(user_ids, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    values = []
+    if metric == "uauc":
+        # A user's AUC is the same in every resample, so a resample's UAUC is the mean over drawn eligible users.
+        eligible, aucs, _, _, _ = _per_user_auc(user_ids, labels, scores)
+        user_auc = np.full(len(users), np.nan)
+        user_auc[np.searchsorted(users, eligible)] = aucs
+        for _ in range(n_samples):
+            drawn = user_auc[rng.integers(0, len(users), size=len(users))]
+            drawn = drawn[~np.isnan(drawn)]
+            if len(drawn):
+                values.append(float(drawn.mean()))
+    else:
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(users) + 1))
+        rows_of = [order[bounds[k]:bounds[k + 1]] for k in range(len(users))]
+        for _ in range(n_samples):
+            rows = np.concatenate([rows_of[k] for k in rng.integers(0, len(users), size=len(users))])
+            value = auc(labels[rows], scores[rows])
+            if not np.isnan(value):
+                values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def evaluate_slices(frame: pd.DataFrame, *, score_col: str = "score", warm_col: str = "warm_sella",
+                    cold_col: str = "cold", prefix: str = "test", bootstrap_samples: int = 0,
+                    ci_level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """AUC, UAUC and UAUC user count on all rows and on the warm and cold slices of ``frame``.
+
+    Args:
+        frame: rows with ``user``, ``label``, the score column and warm/cold flag columns.
+        score_col: column holding the model scores.
+        warm_col: boolean column marking warm rows (``warm_sella`` or ``warm_collm``).
+        cold_col: boolean column marking cold rows.
+        prefix: split name of the keys: ``{prefix}/auc``, ``{prefix}_warm/uauc``, ``{prefix}_cold/auc``, ...
+        bootstrap_samples: when > 0, also ``.../auc_ci_low`` etc. from a user-level bootstrap.
+        ci_level: confidence level of the intervals.
+        seed: bootstrap seed.
+
+    Returns:
+        A flat dict of metric key -> value (NaN where a slice has no rows or one class).
+    """
+    out: dict[str, float] = {}
+    slices = {prefix: np.ones(len(frame), dtype=bool), f"{prefix}_warm": frame[warm_col].to_numpy(bool),
+              f"{prefix}_cold": frame[cold_col].to_numpy(bool)}
+    for name, mask in slices.items():
+        rows = frame[mask]
+        users, labels, scores = rows["user"].to_numpy(), rows["label"].to_numpy(), rows[score_col].to_numpy()
+        result = uauc(users, labels, scores)
+        out[metric_key(name, "auc")] = auc(labels, scores)
+        out[metric_key(name, "uauc")] = result.value
+        out[metric_key(name, "uauc_users")] = float(result.n_users)
+        out[metric_key(name, "rows")] = float(len(rows))
+        if bootstrap_samples > 0 and len(rows):
+            for metric in ("auc", "uauc"):
+                low, high = bootstrap_ci(users, labels, scores, metric, bootstrap_samples, ci_level, seed)
+                out[metric_key(name, f"{metric}_ci_low")] = low
+                out[metric_key(name, f"{metric}_ci_high")] = high
+    return out
