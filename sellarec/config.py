@@ -30,7 +30,7 @@ __all__ = [
 
 DatasetName = Literal["ml100k", "ml1m", "amazon-book", "csv"]
 TokenName = Literal["user", "item", "warm"]
-ScoreFn = Literal["two_way_softmax", "double_softmax", "yes_prob"]
+ScoreFn = Literal["two_way_softmax", "double_softmax"]
 LossMask = Literal["all_tokens", "answer_only"]
 
 _CONFIG_DIR = "configs"
@@ -348,8 +348,8 @@ class EvalConfig:
     """How LLM stages are scored and evaluated (METHOD.md §6).
 
     Attributes:
-        score_fn: 'two_way_softmax' (softmax over the Yes/No logits; TALLRec/CoLLM), 'double_softmax' (official
-            SeLLa code) or 'yes_prob' (P(Yes) / (P(Yes) + P(No))).
+        score_fn: 'two_way_softmax' (softmax over the Yes/No logits, which equals P(Yes) / (P(Yes) + P(No));
+            TALLRec/CoLLM) or 'double_softmax' (the official SeLLa code: sigmoid(P(Yes) - P(No)) of full-vocab P).
         batch_size: prompts per evaluation forward pass.
         max_valid_samples: evaluate at most this many valid prompts, users drawn in random order (None = all).
         max_test_samples: evaluate at most this many test prompts (None = all).

@@ -1,0 +1,1 @@
+"""Models: the LLM backbone, the collaborative model and the projectors. Import from the submodules."""
