@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import yaml
@@ -105,6 +106,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from sellarec.pipeline import run_pipeline
+
+    cfg = _config_from_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    print(f"training {cfg.backbone.name} on {cfg.data.dataset} (profile {args.profile}, preset {args.preset}) "
+          f"until {args.until} into {args.out}", flush=True)
+    result = run_pipeline(cfg, Path(args.out), until=args.until)
+    _print_table(result.metrics)
+    if result.reused:
+        print(f"reused from an earlier run: {', '.join(result.reused)}")
+    print(f"metrics: {result.out_dir / 'metrics.json'}")
+    return 0
+
+
+def _print_table(metrics: dict) -> None:
+    rows = [("stage1 (LLM, TALLRec-style)", metrics.get("stage1")), ("stage2 (MF)", metrics.get("stage2"))]
+    print(f"\n{'model':<30} {'valid AUC':>9} {'valid UAUC':>10} {'test AUC':>9} {'test UAUC':>9} "
+          f"{'warm AUC':>9} {'cold AUC':>9}")
+    for name, m in rows:
+        if not m:
+            continue
+        cells = [m["valid"]["auc"], m["valid"]["uauc"], m["test"]["auc"], m["test"]["uauc"],
+                 m["test_warm"]["auc"], m["test_cold"]["auc"]]
+        print(f"{name:<30} " + " ".join(f"{c:>9.4f}" if i != 1 else f"{c:>10.4f}" for i, c in enumerate(cells)))
+    align = (metrics.get("stage2") or {}).get("align")
+    if align:
+        print(f"stage2 alignment: mean cosine(Proj(MF item), semantic) {align['before']:.4f} -> {align['after']:.4f}")
+
+
 def _cmd_config_show(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(to_dict(_config_from_args(args)), sort_keys=False), end="")
     return 0
@@ -142,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on the embedded default (what `make demo` runs)")
     _add_config_args(demo, default_profile=None)
     demo.set_defaults(func=_cmd_demo)
+
+    train = commands.add_parser("train", help="train SeLLa-Rec stage by stage (resumes finished stages)")
+    _add_config_args(train, default_profile="quick")
+    train.add_argument("--until", default="stage2", choices=["stage1", "stage2"], help="last stage to run")
+    train.add_argument("--out", default="runs/train", help="run folder (metrics.json, one folder per stage)")
+    train.set_defaults(func=_cmd_train)
 
     config = commands.add_parser("config", help="configuration tools").add_subparsers(dest="action", required=True,
                                                                                        parser_class=_Parser)

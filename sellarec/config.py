@@ -36,10 +36,14 @@ LossMask = Literal["all_tokens", "answer_only"]
 _CONFIG_DIR = "configs"
 
 
+class _FieldError(ConfigError):
+    """An impossible value, named relative to its config class; :func:`_build` prefixes the dotted path."""
+
+
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
-    """Raise a one-line ConfigError for an impossible value (cross-field checks in ``__post_init__``)."""
+    """Raise a one-line error for an impossible value (cross-field checks in ``__post_init__``)."""
     if not ok:
-        raise ConfigError(f"{key}={value!r} {why}")
+        raise _FieldError(f"{key}={value!r} {why}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,12 +87,12 @@ class DataConfig:
     csv_item_word: str = "item"
 
     def __post_init__(self) -> None:
-        _check(self.history_len >= 1, "data.history_len", self.history_len, "must be >= 1")
-        _check(0 < self.valid_fraction < 1, "data.valid_fraction", self.valid_fraction, "must be in (0, 1)")
-        _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "must be in (0, 1)")
-        _check(self.valid_fraction + self.test_fraction < 1, "data.test_fraction", self.test_fraction,
-               f"plus data.valid_fraction={self.valid_fraction} must leave data for train (< 1)")
-        _check(self.max_users is None or self.max_users >= 2, "data.max_users", self.max_users,
+        _check(self.history_len >= 1, "history_len", self.history_len, "must be >= 1")
+        _check(0 < self.valid_fraction < 1, "valid_fraction", self.valid_fraction, "must be in (0, 1)")
+        _check(0 < self.test_fraction < 1, "test_fraction", self.test_fraction, "must be in (0, 1)")
+        _check(self.valid_fraction + self.test_fraction < 1, "test_fraction", self.test_fraction,
+               f"plus valid_fraction={self.valid_fraction} must leave data for train (< 1)")
+        _check(self.max_users is None or self.max_users >= 2, "max_users", self.max_users,
                "must be >= 2 or null (all users)")
 
 
@@ -110,11 +114,11 @@ class BackboneConfig:
     tiny_layers: int = 2
 
     def __post_init__(self) -> None:
-        _check(bool(self.name.strip()), "backbone.name", self.name, "must not be empty")
-        _check(self.max_length >= 32, "backbone.max_length", self.max_length, "must be >= 32")
-        _check(self.tiny_hidden_size >= 8 and self.tiny_hidden_size % 4 == 0, "backbone.tiny_hidden_size",
+        _check(bool(self.name.strip()), "name", self.name, "must not be empty")
+        _check(self.max_length >= 32, "max_length", self.max_length, "must be >= 32")
+        _check(self.tiny_hidden_size >= 8 and self.tiny_hidden_size % 4 == 0, "tiny_hidden_size",
                self.tiny_hidden_size, "must be a multiple of 4 and >= 8")
-        _check(self.tiny_layers >= 1, "backbone.tiny_layers", self.tiny_layers, "must be >= 1")
+        _check(self.tiny_layers >= 1, "tiny_layers", self.tiny_layers, "must be >= 1")
 
 
 LORA_TARGETS_ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -137,10 +141,10 @@ class LoraConfig:
     targets: tuple[str, ...] = LORA_TARGETS_ALL
 
     def __post_init__(self) -> None:
-        _check(self.r >= 1, "lora.r", self.r, "must be >= 1")
-        _check(self.alpha > 0, "lora.alpha", self.alpha, "must be > 0")
-        _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "must be in [0, 1)")
-        _check(len(self.targets) > 0, "lora.targets", self.targets, "must name at least one module")
+        _check(self.r >= 1, "r", self.r, "must be >= 1")
+        _check(self.alpha > 0, "alpha", self.alpha, "must be > 0")
+        _check(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
+        _check(len(self.targets) > 0, "targets", self.targets, "must name at least one module")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,15 +182,15 @@ class Stage1Config:
     eval_every_steps: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "stage1.lr", self.lr, "must be > 0")
-        _check(0 <= self.warmup_ratio < 1, "stage1.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
-        _check(self.batch_size >= 1, "stage1.batch_size", self.batch_size, "must be >= 1")
-        _check(self.grad_accum >= 1, "stage1.grad_accum", self.grad_accum, "must be >= 1")
-        _check(self.epochs >= 1, "stage1.epochs", self.epochs, "must be >= 1")
-        _check(self.max_train_samples is None or self.max_train_samples >= 1, "stage1.max_train_samples",
+        _check(self.lr > 0, "lr", self.lr, "must be > 0")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _check(self.grad_accum >= 1, "grad_accum", self.grad_accum, "must be >= 1")
+        _check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        _check(self.max_train_samples is None or self.max_train_samples >= 1, "max_train_samples",
                self.max_train_samples, "must be >= 1 or null (all)")
-        _check(self.grad_clip > 0, "stage1.grad_clip", self.grad_clip, "must be > 0")
-        _check(self.eval_every_steps >= 0, "stage1.eval_every_steps", self.eval_every_steps, "must be >= 0")
+        _check(self.grad_clip > 0, "grad_clip", self.grad_clip, "must be > 0")
+        _check(self.eval_every_steps >= 0, "eval_every_steps", self.eval_every_steps, "must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,18 +236,18 @@ class Stage2Config:
     train_on: Literal["raw", "filtered"] = "raw"
 
     def __post_init__(self) -> None:
-        _check("{title}" in self.item_prompt, "stage2.item_prompt", self.item_prompt, "must contain '{title}'")
-        _check(self.distill_batch_size >= 1, "stage2.distill_batch_size", self.distill_batch_size, "must be >= 1")
-        _check(self.emb_dim >= 1, "stage2.emb_dim", self.emb_dim, "must be >= 1")
-        _check(self.proj_hidden >= 1, "stage2.proj_hidden", self.proj_hidden, "must be >= 1")
-        _check(self.lr > 0, "stage2.lr", self.lr, "must be > 0")
-        _check(self.weight_decay >= 0, "stage2.weight_decay", self.weight_decay, "must be >= 0")
-        _check(self.batch_size >= 2, "stage2.batch_size", self.batch_size, "must be >= 2 (in-batch negatives)")
-        _check(self.max_epochs >= 1, "stage2.max_epochs", self.max_epochs, "must be >= 1")
-        _check(self.patience >= 1, "stage2.patience", self.patience, "must be >= 1")
-        _check(self.tau > 0, "stage2.tau", self.tau, "must be > 0")
-        _check(self.rince_q > 0, "stage2.rince_q", self.rince_q, "must be > 0")
-        _check(self.rince_lambda > 0, "stage2.rince_lambda", self.rince_lambda, "must be > 0")
+        _check("{title}" in self.item_prompt, "item_prompt", self.item_prompt, "must contain '{title}'")
+        _check(self.distill_batch_size >= 1, "distill_batch_size", self.distill_batch_size, "must be >= 1")
+        _check(self.emb_dim >= 1, "emb_dim", self.emb_dim, "must be >= 1")
+        _check(self.proj_hidden >= 1, "proj_hidden", self.proj_hidden, "must be >= 1")
+        _check(self.lr > 0, "lr", self.lr, "must be > 0")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.batch_size >= 2, "batch_size", self.batch_size, "must be >= 2 (in-batch negatives)")
+        _check(self.max_epochs >= 1, "max_epochs", self.max_epochs, "must be >= 1")
+        _check(self.patience >= 1, "patience", self.patience, "must be >= 1")
+        _check(self.tau > 0, "tau", self.tau, "must be > 0")
+        _check(self.rince_q > 0, "rince_q", self.rince_q, "must be > 0")
+        _check(self.rince_lambda > 0, "rince_lambda", self.rince_lambda, "must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,8 +265,8 @@ class CollabProjectorConfig:
     num_experts: int = 4
 
     def __post_init__(self) -> None:
-        _check(self.hidden >= 1, "stage3.collab_projector.hidden", self.hidden, "must be >= 1")
-        _check(self.num_experts >= 2, "stage3.collab_projector.num_experts", self.num_experts, "must be >= 2")
+        _check(self.hidden >= 1, "hidden", self.hidden, "must be >= 1")
+        _check(self.num_experts >= 2, "num_experts", self.num_experts, "must be >= 2")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,8 +284,8 @@ class SemanticProjectorConfig:
     hidden: int = 1024
 
     def __post_init__(self) -> None:
-        _check(self.rank >= 1, "stage3.semantic_projector.rank", self.rank, "must be >= 1")
-        _check(self.hidden >= 1, "stage3.semantic_projector.hidden", self.hidden, "must be >= 1")
+        _check(self.rank >= 1, "rank", self.rank, "must be >= 1")
+        _check(self.hidden >= 1, "hidden", self.hidden, "must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -331,16 +335,16 @@ class Stage3Config:
     eval_every_steps: int = 0
 
     def __post_init__(self) -> None:
-        _check(len(set(self.tokens)) == len(self.tokens), "stage3.tokens", list(self.tokens),
+        _check(len(set(self.tokens)) == len(self.tokens), "tokens", list(self.tokens),
                "must not repeat a token")
-        _check(self.lr > 0, "stage3.lr", self.lr, "must be > 0")
-        _check(self.batch_size >= 1, "stage3.batch_size", self.batch_size, "must be >= 1")
-        _check(self.grad_accum >= 1, "stage3.grad_accum", self.grad_accum, "must be >= 1")
-        _check(self.epochs >= 1, "stage3.epochs", self.epochs, "must be >= 1")
-        _check(self.max_train_samples is None or self.max_train_samples >= 1, "stage3.max_train_samples",
+        _check(self.lr > 0, "lr", self.lr, "must be > 0")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _check(self.grad_accum >= 1, "grad_accum", self.grad_accum, "must be >= 1")
+        _check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        _check(self.max_train_samples is None or self.max_train_samples >= 1, "max_train_samples",
                self.max_train_samples, "must be >= 1 or null (all)")
-        _check(self.grad_clip > 0, "stage3.grad_clip", self.grad_clip, "must be > 0")
-        _check(self.eval_every_steps >= 0, "stage3.eval_every_steps", self.eval_every_steps, "must be >= 0")
+        _check(self.grad_clip > 0, "grad_clip", self.grad_clip, "must be > 0")
+        _check(self.eval_every_steps >= 0, "eval_every_steps", self.eval_every_steps, "must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -370,14 +374,14 @@ class EvalConfig:
     select_on: Literal["valid", "test"] = "valid"
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size, "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         for name in ("max_valid_samples", "max_test_samples"):
             value = getattr(self, name)
-            _check(value is None or value >= 2, f"eval.{name}", value, "must be >= 2 or null (all)")
-        _check(self.max_rows_per_user is None or self.max_rows_per_user >= 2, "eval.max_rows_per_user",
+            _check(value is None or value >= 2, f"{name}", value, "must be >= 2 or null (all)")
+        _check(self.max_rows_per_user is None or self.max_rows_per_user >= 2, "max_rows_per_user",
                self.max_rows_per_user, "must be >= 2 (a user needs both labels) or null")
-        _check(self.bootstrap_samples >= 0, "eval.bootstrap_samples", self.bootstrap_samples, "must be >= 0")
-        _check(0 < self.ci_level < 1, "eval.ci_level", self.ci_level, "must be in (0, 1)")
+        _check(self.bootstrap_samples >= 0, "bootstrap_samples", self.bootstrap_samples, "must be >= 0")
+        _check(0 < self.ci_level < 1, "ci_level", self.ci_level, "must be in (0, 1)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -401,9 +405,9 @@ class RuntimeConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "runtime.device",
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
                self.device, "must be auto, cpu, cuda or cuda:N")
-        _check(self.threads >= 1, "runtime.threads", self.threads, "must be >= 1")
+        _check(self.threads >= 1, "threads", self.threads, "must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -548,7 +552,10 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if name not in hints or name not in {f.name for f in dataclasses.fields(cls)}:
             raise _unknown_key(cls, str(name), prefix)
         kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except _FieldError as exc:
+        raise ConfigError(f"{prefix}.{exc}" if prefix else str(exc)) from None
 
 
 def from_dict(values: dict[str, Any]) -> SellaConfig:

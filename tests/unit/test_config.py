@@ -62,7 +62,7 @@ def test_empty_token_list_is_allowed() -> None:
     ("stage3.tokens=[user,usr]", r"stage3.tokens\[1\]='usr' is not one of user, item, warm \(did you mean 'user'\?\)"),
     ("stage3.collab_projector.type=mop", r"is not one of mlp, linear, mlp_residual, moe \(did you mean 'moe'\?\)"),
     ("stage1.lr=-1", r"stage1.lr=-1.0 must be > 0"),
-    ("data.valid_fraction=0.95", r"data.test_fraction=0.1 plus data.valid_fraction=0.95 must leave data for train"),
+    ("data.valid_fraction=0.95", r"data.test_fraction=0.1 plus valid_fraction=0.95 must leave data for train"),
     ("stage3.tokens=[user,user]", r"stage3.tokens=\['user', 'user'\] must not repeat a token"),
     ("stage1.lr.x=1", r"config key 'stage1.lr.x' goes below the value 'stage1.lr'"),
     ("stage1.lr", r"must look like key.path=value"),

@@ -1,0 +1,1 @@
+"""Pipeline stages: each turns its inputs and sub-config into a stage output, never writing files."""
