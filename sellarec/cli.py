@@ -93,19 +93,6 @@ def _cmd_data_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    print("sellarec demo on the embedded default (MovieLens-100K from the recbole package).")
-    print("The training job (stages 1-3) is not built yet (issues #3 and #4); this shows what exists: the dataset")
-    print("protocol and the prompts every stage will train on.\n")
-    stats_args = argparse.Namespace(**{**vars(args), "dataset": None, "data_dir": None, "json": False})
-    _cmd_data_stats(stats_args)
-    cfg = _config_from_args(args)
-    for stage in (1, 3):
-        print(f"\nA stage-{stage} test prompt (ChatML), as rendered for the backbone:")
-        print(_example_prompts(cfg, "test", 1, stage)[0])
-    return 0
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     import logging
 
@@ -171,10 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("-n", type=int, default=2, help="number of prompts")
     _add_config_args(prompts, default_profile=None)
     prompts.set_defaults(func=_cmd_data_prompts)
-
-    demo = commands.add_parser("demo", help="the main job on the embedded default (what `make demo` runs)")
-    _add_config_args(demo, default_profile=None)
-    demo.set_defaults(func=_cmd_demo)
 
     train = commands.add_parser("train", help="train SeLLa-Rec stage by stage (resumes finished stages)")
     _add_config_args(train, default_profile="quick")

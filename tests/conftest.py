@@ -30,3 +30,9 @@ def cache_dir(tmp_path: Path) -> Path:
     path = tmp_path / "cache"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache root per test session, so SmolLM2 is converted from its GGUF file once (~20 s) for all slow tests."""
+    return tmp_path_factory.mktemp("smollm2-cache")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -97,14 +98,14 @@ def run(cfg: Stage1Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(cfg.schedule, s, warmup, total_steps))
 
-    def evaluate_valid() -> float:
+    def evaluate_valid() -> tuple[float, np.ndarray]:
         scores = score_examples(backbone, valid, batch_size=eval_cfg.batch_size, score_fn=eval_cfg.score_fn,
                                 model=model, progress=progress, desc="stage1 valid")
-        return evaluate_scores(ds, valid_rows, scores, eval_cfg, "valid")["valid/auc"]
+        return evaluate_scores(ds, valid_rows, scores, eval_cfg, "valid")["valid/auc"], scores
 
     # --- train
     history: list[dict] = []
-    best_auc, best_state, step, running = -math.inf, None, 0, []
+    best_auc, best_state, best_valid_scores, step, running = -math.inf, None, None, 0, []
     model.train()
     bar = tqdm(total=total_steps, desc="stage1 LoRA", disable=not progress, leave=False)
     for _ in range(cfg.epochs):
@@ -125,7 +126,7 @@ def run(cfg: Stage1Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone
             bar.set_postfix(loss=f"{sum(running) / len(running):.4f}")
             last = step == total_steps
             if last or (cfg.eval_every_steps and step % cfg.eval_every_steps == 0):
-                valid_auc = evaluate_valid()
+                valid_auc, valid_scores = evaluate_valid()
                 record = {"step": step, "lr": scheduler.get_last_lr()[0],
                           "train_loss": sum(running) / len(running), "valid/auc": valid_auc}
                 history.append(record)
@@ -135,7 +136,7 @@ def run(cfg: Stage1Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone
                 if on_eval is not None:
                     on_eval({"stage1/valid_auc": valid_auc, "stage1/train_loss": record["train_loss"]}, step)
                 if valid_auc > best_auc or best_state is None:
-                    best_auc, best_state = valid_auc, adapter_state(model)
+                    best_auc, best_state, best_valid_scores = valid_auc, adapter_state(model), valid_scores
                 model.train()
     bar.close()
 
@@ -143,11 +144,10 @@ def run(cfg: Stage1Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone
     load_adapter_state(model, best_state)
     model.eval()
     model.requires_grad_(False)
-    metrics = {}
-    for name, rows, examples in (("valid", valid_rows, valid), ("test", test_rows, test)):
-        scores = score_examples(backbone, examples, batch_size=eval_cfg.batch_size, score_fn=eval_cfg.score_fn,
-                                model=model, progress=progress, desc=f"stage1 {name}")
-        metrics.update(evaluate_scores(ds, rows, scores, eval_cfg, name, seed=seed, bootstrap=name == "test"))
+    metrics = evaluate_scores(ds, valid_rows, best_valid_scores, eval_cfg, "valid", seed=seed)
+    scores = score_examples(backbone, test, batch_size=eval_cfg.batch_size, score_fn=eval_cfg.score_fn, model=model,
+                            progress=progress, desc="stage1 test")
+    metrics.update(evaluate_scores(ds, test_rows, scores, eval_cfg, "test", seed=seed, bootstrap=True))
     return Stage1Output(model=model, adapter=copy.deepcopy(best_state), metrics=metrics, history=history,
                         steps=step, train_samples=len(train), truncated=truncated,
                         seconds=time.perf_counter() - start)

@@ -21,8 +21,8 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("smollm2-cache")
+def cache_dir(smollm2_cache: Path) -> Path:
+    return smollm2_cache
 
 
 @pytest.fixture(scope="module")
