@@ -98,20 +98,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from sellarec.pipeline import run_pipeline
 
-    cfg = _config_from_args(args)
+    cfg = _config_from_args(args, {"final_stage": args.until})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    print(f"training {cfg.backbone.name} on {cfg.data.dataset} (profile {args.profile}, preset {args.preset}) "
-          f"until {args.until} into {args.out}", flush=True)
-    result = run_pipeline(cfg, Path(args.out), until=args.until)
+    print(f"training on {cfg.data.dataset} with {cfg.backbone.name} (profile {args.profile}, preset {args.preset}) "
+          f"until {cfg.final_stage} into {args.out}", flush=True)
+    result = run_pipeline(cfg, Path(args.out))
     _print_table(result.metrics)
-    if result.reused:
-        print(f"reused from an earlier run: {', '.join(result.reused)}")
+    print("stage cache: " + ", ".join(f"{k} {v}" for k, v in result.cache.items()))
     print(f"metrics: {result.out_dir / 'metrics.json'}")
     return 0
 
 
 def _print_table(metrics: dict) -> None:
-    rows = [("stage1 (LLM, TALLRec-style)", metrics.get("stage1")), ("stage2 (MF)", metrics.get("stage2"))]
+    rows = [("stage1 (LLM, TALLRec-style)", metrics.get("stage1")), ("stage2 (MF)", metrics.get("stage2")),
+            ("stage3 (SeLLa-Rec)", metrics.get("stage3"))]
     print(f"\n{'model':<30} {'valid AUC':>9} {'valid UAUC':>10} {'test AUC':>9} {'test UAUC':>9} "
           f"{'warm AUC':>9} {'cold AUC':>9}")
     for name, m in rows:
@@ -123,6 +123,25 @@ def _print_table(metrics: dict) -> None:
     align = (metrics.get("stage2") or {}).get("align")
     if align:
         print(f"stage2 alignment: mean cosine(Proj(MF item), semantic) {align['before']:.4f} -> {align['after']:.4f}")
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from sellarec.cache import StageCache
+    from sellarec.runtime import cache_root
+
+    cfg = _config_from_args(args)
+    store = StageCache(cache_root(cfg.runtime))
+    if args.action == "ls":
+        entries = store.entries()
+        for e in entries:
+            print(f"{e.stage:<7} {e.key}  {e.size / 2**20:8.1f} MiB  {e.meta.get('created', '?')}  "
+                  f"{e.meta.get('backbone', '')} data={e.meta.get('data', '')}")
+        print(f"{len(entries)} entries in {store.root}")
+        return 0
+    if not args.yes:
+        raise SellarecError(f"cache clear deletes every stage artifact in {store.root}; add --yes to confirm")
+    print(f"removed {store.clear(args.stage)} entries from {store.root}")
+    return 0
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
@@ -161,9 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train SeLLa-Rec stage by stage (resumes finished stages)")
     _add_config_args(train, default_profile="quick")
-    train.add_argument("--until", default="stage2", choices=["stage1", "stage2"], help="last stage to run")
+    train.add_argument("--until", default=None, choices=["stage1", "stage2", "stage3"],
+                       help="last stage to run (default: the config's final_stage, stage3)")
     train.add_argument("--out", default="runs/train", help="run folder (metrics.json, one folder per stage)")
     train.set_defaults(func=_cmd_train)
+
+    cache = commands.add_parser("cache", help="the shared stage cache").add_subparsers(dest="action", required=True,
+                                                                                       parser_class=_Parser)
+    cache_ls = cache.add_parser("ls", help="list stage artifacts")
+    cache_clear = cache.add_parser("clear", help="delete stage artifacts")
+    cache_clear.add_argument("--yes", action="store_true", help="confirm the deletion")
+    cache_clear.add_argument("--stage", default=None, choices=["stage1", "stage2", "stage3"], help="only this stage")
+    for sub in (cache_ls, cache_clear):
+        _add_config_args(sub, default_profile=None)
+        sub.set_defaults(func=_cmd_cache)
 
     config = commands.add_parser("config", help="configuration tools").add_subparsers(dest="action", required=True,
                                                                                        parser_class=_Parser)

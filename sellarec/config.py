@@ -301,7 +301,10 @@ class Stage3Config:
         train_item_emb: train MF item embeddings (paper code: True).
         train_semantic: train the semantic item table (paper code: True).
         train_projectors: train the projectors (paper code: True).
-        train_lora: train the stage-1 LoRA too (paper code: frozen).
+        train_lora: merge the stage-1 LoRA and train a new adapter ``lora`` with the ID tokens (paper code: frozen).
+        lora: the stage-3 adapter when ``train_lora`` is set.
+        step: 'fast' (dynamic padding, frozen prefix without gradients, LM head on the suffix; same gradients) or
+            'official' (every prompt padded to ``backbone.max_length``, full forward and logits; for reproduction).
         lr: AdamW learning rate (paper ML-1M: 2e-4).
         weight_decay: AdamW weight decay (paper code: 0.01).
         betas: AdamW betas (paper code: 0.9, 0.95).
@@ -323,6 +326,8 @@ class Stage3Config:
     train_semantic: bool = True
     train_projectors: bool = True
     train_lora: bool = False
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=16.0, dropout=0.05))
+    step: Literal["fast", "official"] = "fast"
     lr: float = 2e-4
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
@@ -415,6 +420,8 @@ class SellaConfig:
     """The whole configuration of a SeLLa-Rec run.
 
     Attributes:
+        final_stage: the stage whose model is the result: 'stage1' (TALLRec-style LLM), 'stage2' (MF; skips the
+            LLM entirely when stage2.align is none) or 'stage3' (SeLLa-Rec / CoLLM).
         data: interactions, split and prompt-level history.
         backbone: the causal LLM.
         stage1: LoRA instruction tuning.
@@ -424,6 +431,7 @@ class SellaConfig:
         runtime: device, threads, seed and cache (not part of cache keys).
     """
 
+    final_stage: Literal["stage1", "stage2", "stage3"] = "stage3"
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)

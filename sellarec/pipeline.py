@@ -1,8 +1,9 @@
-"""The staged SeLLa-Rec run: stage 1 (LoRA SFT) -> stage 2 (distillation + aligned MF) -> stage 3.
+"""The staged SeLLa-Rec run: stage 1 (LoRA SFT) -> stage 2 (distillation + aligned MF) -> stage 3 (ID tokens).
 
-Each stage writes ``<out>/<stage>/`` (weights, ``meta.json``, ``metrics.json``) atomically; a stage whose
-``meta.json`` carries the same key (the config fields it reads, the data fingerprint, the backbone, the upstream
-stage's key and the stage's code version) is reused, so a killed run resumes at the first unfinished stage.
+Every stage's artifact lives in the shared :class:`~sellarec.cache.StageCache` under a key derived from the config
+fields it reads, the data fingerprint, the backbone, the upstream stages' keys and the stage's code version; runs
+and trials that agree on those reuse it. The run folder gets ``config.yaml`` and ``metrics.json`` (per stage: its
+metrics, and whether it was a cache hit).
 """
 
 from __future__ import annotations
@@ -14,26 +15,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from sellarec.cache import StageCache
 from sellarec.config import SellaConfig, to_dict
 from sellarec.data.batches import sample_rows
 from sellarec.data.dataset import Dataset, load_dataset
-from sellarec.data.prompts import stage1_prompt, stage3_prompt, item_words
-from sellarec.models.backbone import Backbone, load_backbone
+from sellarec.data.prompts import item_words, stage1_prompt, stage3_prompt
 from sellarec.runtime import cache_root, configure_threads, seed_everything
-from sellarec.storage import atomic_dir, write_json_atomic, write_text_atomic
+from sellarec.storage import write_json_atomic, write_text_atomic
 
-__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics"]
+__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "stage_keys"]
 
 log = logging.getLogger(__name__)
-Stage = Literal["stage1", "stage2"]
-STAGES: tuple[Stage, ...] = ("stage1", "stage2")
-CODE_VERSION = {"stage1": 1, "stage2": 1}
+STAGES = ("stage1", "stage2", "stage3")
+CODE_VERSION = {"stage1": 1, "stage2": 1, "stage3": 1}  # bump when a stage's output changes for the same config
 OnEval = Callable[[dict[str, float], int], None]
 
 
@@ -42,14 +42,14 @@ class PipelineResult:
     """Outcome of :func:`run_pipeline`.
 
     Attributes:
-        metrics: nested metrics per finished stage (what ``<out>/metrics.json`` holds).
+        metrics: what ``<out>/metrics.json`` holds: nested metrics per stage run, ``final`` and ``cache``.
         out_dir: the run folder.
-        reused: stages taken from an earlier run instead of computed.
+        cache: stage -> 'hit' or 'miss'.
     """
 
     metrics: dict[str, Any]
     out_dir: Path
-    reused: list[str] = field(default_factory=list)
+    cache: dict[str, str] = field(default_factory=dict)
 
 
 def nest_metrics(flat: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -61,8 +61,36 @@ def nest_metrics(flat: dict[str, float]) -> dict[str, dict[str, float]]:
     return nested
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _needs(cfg: SellaConfig) -> dict[str, bool]:
+    """Which stages (and whether the semantic table) a configuration needs."""
+    semantic = cfg.stage2.align != "none" or (cfg.final_stage == "stage3" and "warm" in cfg.stage3.tokens)
+    return {"stage1": cfg.final_stage != "stage2" or semantic, "semantic": semantic,
+            "stage2": cfg.final_stage != "stage1", "stage3": cfg.final_stage == "stage3"}
+
+
+def stage_keys(cfg: SellaConfig, data_fingerprint: str) -> dict[str, str]:
+    """Cache key of every needed stage: what the stage reads, its upstream keys and its code version.
+
+    ``runtime`` is left out except the seed (results depend on it; device, threads and cache folder do not).
+    """
+    needs = _needs(cfg)
+    common = {"data": data_fingerprint, "eval": to_dict(cfg.eval), "seed": cfg.runtime.seed}
+    llm = {"backbone": to_dict(cfg.backbone), "data_render": to_dict(cfg.data)}
+    keys: dict[str, str] = {}
+    if needs["stage1"]:
+        keys["stage1"] = _hash("stage1", CODE_VERSION["stage1"], common, llm, to_dict(cfg.stage1))
+    if needs["stage2"] or needs["stage3"]:
+        upstream = keys["stage1"] if needs["semantic"] else None
+        keys["stage2"] = _hash("stage2", CODE_VERSION["stage2"], common, upstream, needs["semantic"],
+                               to_dict(cfg.stage2))
+    if needs["stage3"]:
+        keys["stage3"] = _hash("stage3", CODE_VERSION["stage3"], common, llm, keys["stage1"], keys["stage2"],
+                               to_dict(cfg.stage3))
+    return keys
 
 
 def _tiny_corpus(ds: Dataset) -> list[str]:
@@ -70,25 +98,6 @@ def _tiny_corpus(ds: Dataset) -> list[str]:
     words = item_words(ds.item_word)
     fixed = [stage1_prompt(words, ["a"], "b", 1), stage3_prompt(words, ["a"], "b", 0, ("user", "item", "warm"))]
     return [t for t in ds.titles if t] + [p.system + " " + p.user for p in fixed] + ["Movie: Book: Item:"]
-
-
-def _load_stage(folder: Path, key: str) -> dict | None:
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        return None
-    meta = json.loads(meta_path.read_text())
-    return meta if meta.get("key") == key else None
-
-
-def _save_stage(folder: Path, meta: dict, metrics: dict, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
-    if folder.exists():  # an older run of a different key: replaced as a whole
-        import shutil
-        shutil.rmtree(folder)
-    with atomic_dir(folder) as scratch:
-        for name, state in tensors.items():
-            save_file({k: v.contiguous() for k, v in state.items()}, str(scratch / f"{name}.safetensors"))
-        (scratch / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (scratch / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks the stage complete
 
 
 def _versions() -> dict[str, str]:
@@ -100,92 +109,152 @@ def _versions() -> dict[str, str]:
             "peft": peft.__version__}
 
 
-def run_pipeline(cfg: SellaConfig, out_dir: Path, *, until: Stage = "stage2",
-                 on_eval: OnEval | None = None) -> PipelineResult:
-    """Run the stages up to ``until`` into ``out_dir``, reusing finished ones; see the module docstring.
+def _save(folder: Path, tensors: dict[str, dict[str, torch.Tensor]], metrics: dict) -> None:
+    for name, state in tensors.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / f"{name}.safetensors"))
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    Returns:
-        The nested metrics of every stage run or reused, also written to ``<out_dir>/metrics.json``.
-    """
+
+class _Run:
+    """The objects one pipeline run builds lazily and shares between stages."""
+
+    def __init__(self, cfg: SellaConfig, ds: Dataset, cache_dir: Path) -> None:
+        self.cfg, self.ds, self.cache_dir = cfg, ds, cache_dir
+        self.backbone = None
+        self.model = None  # the backbone wrapped with the stage-1 adapter
+        rt = cfg.runtime
+        self.valid_rows = sample_rows(ds.split("valid"), cfg.eval.max_valid_samples, cfg.eval.max_rows_per_user,
+                                      rt.seed)
+        self.test_rows = sample_rows(ds.split("test"), cfg.eval.max_test_samples, cfg.eval.max_rows_per_user,
+                                     rt.seed + 1)
+
+    def load_backbone(self):
+        from sellarec.models.backbone import load_backbone
+
+        if self.backbone is None:
+            cfg = self.cfg
+            seed_everything(cfg.runtime.seed)
+            self.backbone = load_backbone(
+                cfg.backbone.name, cache_dir=self.cache_dir, device=cfg.runtime.device, dtype=cfg.runtime.dtype,
+                tiny_corpus=_tiny_corpus(self.ds) if cfg.backbone.name == "tiny" else None, seed=cfg.runtime.seed)
+        return self.backbone
+
+
+def _stage1(run: _Run, folder: Path | None, scratch: Path | None, on_eval: OnEval | None) -> dict:
+    """Compute stage 1 into ``scratch`` (returns meta), or load it from ``folder`` into ``run.model``."""
     from sellarec.models.lora import attach_lora, load_adapter_state
-    from sellarec.stages import stage1 as stage1_mod
+    from sellarec.stages import stage1
+
+    cfg = run.cfg
+    backbone = run.load_backbone()
+    if folder is not None:
+        run.model = attach_lora(backbone.model, cfg.stage1.lora, trainable=False)
+        load_adapter_state(run.model, load_file(str(folder / "adapter.safetensors")))
+        run.model.eval()
+        return {}
+    seed_everything(cfg.runtime.seed + 1)
+    out = stage1.run(cfg.stage1, cfg.eval, run.ds, backbone, valid_rows=run.valid_rows, test_rows=run.test_rows,
+                     max_length=cfg.backbone.max_length, seed=cfg.runtime.seed + 1, progress=cfg.runtime.progress,
+                     on_eval=on_eval)
+    run.model = out.model
+    metrics = {**nest_metrics(out.metrics), "steps": out.steps, "train_samples": out.train_samples,
+               "truncated_prompts": out.truncated, "seconds": round(out.seconds, 2), "history": out.history}
+    _save(scratch, {"adapter": out.adapter}, metrics)
+    return {"config": to_dict(cfg.stage1), "seconds": metrics["seconds"]}
+
+
+def _stage2(run: _Run, scratch: Path, semantic_needed: bool) -> dict:
     from sellarec.stages.collab import train_collab
     from sellarec.stages.distill import distill_items
 
+    cfg, start = run.cfg, time.perf_counter()
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    semantic = None
+    if semantic_needed:
+        semantic = distill_items(cfg.stage2, run.ds, run.load_backbone(), run.model, progress=cfg.runtime.progress)
+        tensors["semantic"] = {"table": semantic}
+    distill_seconds = time.perf_counter() - start
+    seed_everything(cfg.runtime.seed + 2)
+    device = run.backbone.device if run.backbone is not None else "cpu"
+    collab = train_collab(cfg.stage2, run.ds, semantic if cfg.stage2.align != "none" else None,
+                          seed=cfg.runtime.seed + 2, device=device,
+                          report_rows={"valid": run.valid_rows, "test": run.test_rows},
+                          bootstrap_samples=cfg.eval.bootstrap_samples)
+    tensors["mf"] = collab.model.state_dict()
+    align = {"before": collab.align["cos_before"], "after": collab.align["cos_after"]} if collab.align else None
+    metrics = {**nest_metrics(collab.metrics), "align": align, "best_epoch": collab.best_epoch,
+               "epochs_run": collab.epochs_run, "distill_seconds": round(distill_seconds, 2),
+               "mf_seconds": round(collab.seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
+    _save(scratch, tensors, metrics)
+    return {"config": to_dict(cfg.stage2), "seconds": metrics["seconds"]}
+
+
+def _load_mf(run: _Run, folder: Path):
+    from sellarec.models.collab import AlignedMF
+
+    state = load_file(str(folder / "mf.safetensors"))
+    semantic_path = folder / "semantic.safetensors"
+    semantic = load_file(str(semantic_path))["table"] if semantic_path.is_file() else None
+    mf = AlignedMF(run.ds.num_users, run.ds.num_items, run.cfg.stage2.emb_dim,
+                   semantic=state.get("item_sem.weight"), proj_hidden=run.cfg.stage2.proj_hidden)
+    mf.load_state_dict(state)
+    return mf, semantic
+
+
+def _stage3(run: _Run, stage2_folder: Path, scratch: Path, on_eval: OnEval | None) -> dict:
+    from sellarec.stages import stage3
+
+    cfg = run.cfg
+    mf, semantic = _load_mf(run, stage2_folder)
+    seed_everything(cfg.runtime.seed + 3)
+    out = stage3.run(cfg.stage3, cfg.eval, run.ds, run.load_backbone(), run.model, mf, semantic,
+                     valid_rows=run.valid_rows, test_rows=run.test_rows, max_length=cfg.backbone.max_length,
+                     seed=cfg.runtime.seed + 3, progress=cfg.runtime.progress, on_eval=on_eval)
+    metrics = {**nest_metrics(out.metrics), "trainable_params": out.trainable_params, "steps": out.steps,
+               "train_samples": out.train_samples, "seconds": round(out.seconds, 2), "history": out.history}
+    tensors = {"injector": out.injector.state_dict()}
+    if out.adapter is not None:
+        tensors["adapter"] = out.adapter
+    _save(scratch, tensors, metrics)
+    return {"config": to_dict(cfg.stage3), "seconds": metrics["seconds"]}
+
+
+def run_pipeline(cfg: SellaConfig, out_dir: Path, *, on_eval: OnEval | None = None) -> PipelineResult:
+    """Run the stages ``cfg.final_stage`` needs, through the shared stage cache, and write the run folder.
+
+    Args:
+        cfg: the run's configuration.
+        out_dir: run folder (``config.yaml``, ``metrics.json``).
+        on_eval: called with intermediate validation metrics and the step (Tune's report in a trial).
+    """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    rt = cfg.runtime
-    configure_threads(rt)
-    cache = cache_root(rt)
-    progress = rt.progress
+    configure_threads(cfg.runtime)
+    cache_dir = cache_root(cfg.runtime)
+    store = StageCache(cache_dir)
+    ds = load_dataset(cfg.data, cache_dir)
+    run = _Run(cfg, ds, cache_dir)
+    needs, keys = _needs(cfg), stage_keys(cfg, ds.fingerprint)
+    result = PipelineResult(metrics={"final": cfg.final_stage, "cache": {}, "keys": keys}, out_dir=out_dir)
+    common_meta = {"data": ds.fingerprint, "backbone": cfg.backbone.name, "versions": _versions()}
 
-    # --- inputs shared by every stage
-    ds = load_dataset(cfg.data, cache)
-    valid_rows = sample_rows(ds.split("valid"), cfg.eval.max_valid_samples, cfg.eval.max_rows_per_user, rt.seed)
-    test_rows = sample_rows(ds.split("test"), cfg.eval.max_test_samples, cfg.eval.max_rows_per_user, rt.seed + 1)
-    seed_everything(rt.seed)
-    backbone: Backbone = load_backbone(
-        cfg.backbone.name, cache_dir=cache, device=rt.device, dtype=rt.dtype,
-        tiny_corpus=_tiny_corpus(ds) if cfg.backbone.name == "tiny" else None, seed=rt.seed)
-    base = {"data": ds.fingerprint, "backbone": to_dict(cfg.backbone), "eval": to_dict(cfg.eval),
-            "seed": rt.seed}
-    result = PipelineResult(metrics={}, out_dir=out_dir)
+    def stage(name: str, compute: Callable[[Path], dict], load: Callable[[Path], None] | None) -> Path:
+        folder, hit = store.get_or_compute(name, keys[name], lambda scratch: {**common_meta, **compute(scratch)})
+        if hit and load is not None:
+            load(folder)
+        result.cache[name] = "hit" if hit else "miss"
+        result.metrics["cache"] = dict(result.cache)
+        result.metrics[name] = json.loads((folder / "metrics.json").read_text())
+        write_json_atomic(out_dir / "metrics.json", result.metrics)
+        log.info("%s: %s (%s)", name, "cache hit" if hit else "computed", folder)
+        return folder
 
-    # --- stage 1: LoRA SFT
-    key1 = _key(base, to_dict(cfg.stage1), CODE_VERSION["stage1"])
-    folder1 = out_dir / "stage1"
-    meta1 = _load_stage(folder1, key1)
-    if meta1 is not None:
-        model = attach_lora(backbone.model, cfg.stage1.lora, trainable=False)
-        load_adapter_state(model, load_file(str(folder1 / "adapter.safetensors")))
-        model.eval()
-        metrics1 = json.loads((folder1 / "metrics.json").read_text())
-        result.reused.append("stage1")
-        log.info("stage1 reused from %s", folder1)
-    else:
-        seed_everything(rt.seed + 1)
-        out1 = stage1_mod.run(cfg.stage1, cfg.eval, ds, backbone, valid_rows=valid_rows, test_rows=test_rows,
-                              max_length=cfg.backbone.max_length, seed=rt.seed + 1, progress=progress,
-                              on_eval=on_eval)
-        model = out1.model
-        metrics1 = {**nest_metrics(out1.metrics), "steps": out1.steps, "train_samples": out1.train_samples,
-                    "truncated_prompts": out1.truncated, "seconds": round(out1.seconds, 2), "history": out1.history}
-        _save_stage(folder1, {"key": key1, "stage": "stage1", "config": to_dict(cfg.stage1), "data": ds.fingerprint,
-                              "backbone": cfg.backbone.name, "versions": _versions(),
-                              "seconds": round(out1.seconds, 2)}, metrics1, {"adapter": out1.adapter})
-    result.metrics["stage1"] = metrics1
-    _write_metrics(out_dir, result.metrics)
-    if until == "stage1":
-        return result
-
-    # --- stage 2: semantic distillation (2a) + MF with alignment (2b)
-    key2 = _key(key1, to_dict(cfg.stage2), CODE_VERSION["stage2"])
-    folder2 = out_dir / "stage2"
-    meta2 = _load_stage(folder2, key2)
-    if meta2 is not None:
-        metrics2 = json.loads((folder2 / "metrics.json").read_text())
-        result.reused.append("stage2")
-    else:
-        start = time.perf_counter()
-        semantic = distill_items(cfg.stage2, ds, backbone, model, progress=progress)
-        distill_seconds = time.perf_counter() - start
-        seed_everything(rt.seed + 2)
-        collab = train_collab(cfg.stage2, ds, semantic if cfg.stage2.align != "none" else None, seed=rt.seed + 2,
-                              device=backbone.device)
-        align = ({"before": collab.align["cos_before"], "after": collab.align["cos_after"]}
-                 if collab.align else None)
-        metrics2 = {**nest_metrics(collab.metrics), "align": align, "best_epoch": collab.best_epoch,
-                    "epochs_run": collab.epochs_run, "distill_seconds": round(distill_seconds, 2),
-                    "mf_seconds": round(collab.seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
-        _save_stage(folder2, {"key": key2, "stage": "stage2", "upstream": key1, "config": to_dict(cfg.stage2),
-                              "data": ds.fingerprint, "versions": _versions(),
-                              "seconds": metrics2["seconds"]}, metrics2,
-                    {"semantic": {"table": semantic}, "mf": collab.model.state_dict()})
-    result.metrics["stage2"] = metrics2
-    _write_metrics(out_dir, result.metrics)
+    if needs["stage1"]:
+        stage("stage1", lambda scratch: _stage1(run, None, scratch, on_eval),
+              lambda folder: _stage1(run, folder, None, None))
+    if "stage2" in keys:
+        folder2 = stage("stage2", lambda scratch: _stage2(run, scratch, needs["semantic"]), None)
+    if needs["stage3"]:
+        stage("stage3", lambda scratch: _stage3(run, folder2, scratch, on_eval), None)
     return result
-
-
-def _write_metrics(out_dir: Path, metrics: dict[str, Any]) -> None:
-    write_json_atomic(out_dir / "metrics.json", metrics)

@@ -101,7 +101,8 @@ def _train_epoch(model: AlignedMF, optimizer: torch.optim.Optimizer, cfg: Stage2
 
 def train_collab(cfg: Stage2Config, ds: Dataset, semantic: Tensor | None, *, seed: int,
                  eval_batch_size: int = 8192, on_epoch: Callable[[int, dict], None] | None = None,
-                 device: torch.device | str = "cpu") -> CollabResult:
+                 device: torch.device | str = "cpu", report_rows: dict[str, pd.DataFrame] | None = None,
+                 bootstrap_samples: int = 0) -> CollabResult:
     """Train the stage-2b MF with early stopping on valid AUC and return the best-valid model (METHOD.md §4.3).
 
     Args:
@@ -114,6 +115,9 @@ def train_collab(cfg: Stage2Config, ds: Dataset, semantic: Tensor | None, *, see
         eval_batch_size: rows per scoring chunk.
         on_epoch: called as ``on_epoch(epoch, record)`` after each epoch with that epoch's history record.
         device: where the model and data live (the runtime picks it).
+        report_rows: rows the final metrics are computed on, per split ('valid', 'test'); default the whole
+            prompt-level splits. The pipeline passes the LLM stages' evaluation rows so all stages share them.
+        bootstrap_samples: user-bootstrap resamples for CIs on the test metrics (0 = none).
 
     Returns:
         A :class:`CollabResult`.
@@ -184,9 +188,11 @@ def train_collab(cfg: Stage2Config, ds: Dataset, semantic: Tensor | None, *, see
     model.eval()
     metrics: dict[str, float] = {}
     warm_col = f"warm_{ds.config.warm_definition}"
-    for split, rows in (("valid", valid_rows), ("test", test_rows)):
+    report_rows = report_rows or {"valid": valid_rows, "test": test_rows}
+    for split, rows in report_rows.items():
         scored = rows.assign(score=_score(model, rows, eval_batch_size, device))
-        metrics.update(evaluate_slices(scored, warm_col=warm_col, prefix=split))
+        metrics.update(evaluate_slices(scored, warm_col=warm_col, prefix=split, seed=seed,
+                                       bootstrap_samples=bootstrap_samples if split == "test" else 0))
     align = {"cos_before": cos_before, "cos_after": model.alignment_cosine(real_items)} if aligned else None
     return CollabResult(model=model, metrics=metrics, align=align, history=history, best_epoch=best_epoch,
                         epochs_run=len(history), seconds=time.perf_counter() - start_time)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sellarec.cache import StageCache
 from sellarec.config import load_config
 from sellarec.pipeline import run_pipeline
 
@@ -29,35 +30,60 @@ def test_metrics_json_contract(first_run) -> None:
     _, root, result = first_run
     metrics = json.loads((root / "out" / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(result.metrics))
+    assert metrics["final"] == "stage3" and metrics["cache"] == {"stage1": "miss", "stage2": "miss",
+                                                                 "stage3": "miss"}
     for stage in ("stage1", "stage2"):
         for split in ("valid", "test"):
             for name in ("auc", "uauc"):
                 assert 0.0 <= metrics[stage][split][name] <= 1.0
+    for split in ("valid", "test", "test_warm", "test_cold"):
+        assert {"auc", "uauc"} <= set(metrics["stage3"][split])
+    assert metrics["stage3"]["trainable_params"] > 0 and metrics["stage3"]["seconds"] > 0
     align = metrics["stage2"]["align"]
     assert align["after"] > align["before"]                               # the alignment loss did its job
-    for stage in ("stage1", "stage2"):
-        meta = json.loads((root / "out" / stage / "meta.json").read_text())
-        assert meta["stage"] == stage and meta["versions"]["torch"]
-    assert (root / "out" / "stage1" / "adapter.safetensors").stat().st_size < 200_000   # adapter only, no embeddings
+    # every stage is scored on the same evaluation rows
+    assert len({metrics[s]["test"]["rows"] for s in ("stage1", "stage2", "stage3")}) == 1
+    adapter = root / "cache" / "stages" / "stage1" / metrics["keys"]["stage1"] / "adapter.safetensors"
+    assert adapter.stat().st_size < 200_000                               # adapter only, no embeddings
 
 
-def test_identical_rerun_reuses_every_stage(first_run) -> None:
+def test_identical_rerun_is_all_cache_hits(first_run) -> None:
     cfg, root, result = first_run
-    again = run_pipeline(cfg, root / "out")
-    assert again.reused == ["stage1", "stage2"]
-    assert again.metrics == json.loads(json.dumps(result.metrics))
+    again = run_pipeline(cfg, root / "again")
+    assert again.cache == {"stage1": "hit", "stage2": "hit", "stage3": "hit"}
+    for stage in ("stage1", "stage2", "stage3"):
+        assert again.metrics[stage] == json.loads(json.dumps(result.metrics[stage]))
 
 
-def test_changing_stage2_reruns_only_stage2(first_run) -> None:
+def test_changing_stage3_recomputes_only_stage3(first_run) -> None:
     _, root, _ = first_run
-    changed = run_pipeline(_cfg(root / "cache", "stage2.align=none"), root / "out")
-    assert changed.reused == ["stage1"]
-    assert changed.metrics["stage2"]["align"] is None
+    changed = run_pipeline(_cfg(root / "cache", "stage3.tokens=[user,item]"), root / "s3")
+    assert changed.cache == {"stage1": "hit", "stage2": "hit", "stage3": "miss"}
 
 
-def test_mf_baseline_preset_has_no_alignment(tmp_path: Path) -> None:
-    result = run_pipeline(_cfg(tmp_path / "cache", "stage2.align=none"), tmp_path / "out")
-    assert result.metrics["stage2"]["align"] is None
+def test_changing_stage2_recomputes_stage2_and_3(first_run) -> None:
+    _, root, _ = first_run
+    changed = run_pipeline(_cfg(root / "cache", "stage2.lr=0.02"), root / "s2")
+    assert changed.cache == {"stage1": "hit", "stage2": "miss", "stage3": "miss"}
+
+
+def test_runtime_settings_do_not_change_keys(first_run) -> None:
+    _, root, result = first_run
+    again = run_pipeline(_cfg(root / "cache", "runtime.threads=2", "runtime.progress=true"), root / "rt")
+    assert again.cache == {"stage1": "hit", "stage2": "hit", "stage3": "hit"}
+
+
+@pytest.mark.parametrize("preset, stages", [("mf", ["stage2"]), ("tallrec", ["stage1"]),
+                                            ("collm", ["stage1", "stage2", "stage3"])])
+def test_presets_run_only_what_they_need(tmp_path: Path, preset: str, stages: list[str]) -> None:
+    cfg = load_config("tiny", preset, [f"runtime.cache_dir={tmp_path / 'cache'}", "runtime.progress=false"])
+    result = run_pipeline(cfg, tmp_path / "out")
+    assert sorted(result.cache) == stages
+    if preset == "mf":
+        assert result.metrics["stage2"]["align"] is None
+        assert not (tmp_path / "cache" / "backbones").exists()            # the LLM was never loaded
+    if preset == "collm":
+        assert result.metrics["stage2"]["align"] is None
 
 
 def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
@@ -72,7 +98,7 @@ def test_cli_train_prints_a_table_and_writes_metrics(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "stage1 (LLM, TALLRec-style)" in result.stdout
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(metrics) == {"stage1"}
+    assert {"stage1"} <= set(metrics) and "stage2" not in metrics
 
 
 @pytest.mark.parametrize("args, message", [
@@ -84,4 +110,5 @@ def test_cli_train_bad_input(tmp_path: Path, args: list[str], message: str) -> N
     result = _cli(*args, "--out", str(tmp_path / "out"), cache=tmp_path / "cache")
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "out" / "stage1").exists()
+    assert StageCache(tmp_path / "cache").entries() == []                  # no artifact ...
+    assert not list((tmp_path / "cache").glob("stages/*/.*.tmp-*"))         # ... and no half-written one

@@ -64,6 +64,19 @@ def test_rince_matches_the_formula_with_duplicates_kept_as_negatives():
     assert other.item() == pytest.approx(_rince_by_hand(sem[items], mf[items], 0.5, 0.3, 2.0), rel=1e-4)
 
 
+def test_rince_on_distinct_rows_expanded_by_index_is_the_same_loss_and_gradient():
+    gen = torch.Generator().manual_seed(7)
+    sem, mf = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen, requires_grad=True)
+    items = torch.tensor([1, 4, 2, 4, 5, 1, 1])
+    full = rince_loss(sem[items], mf[items], 0.2, 0.01, 0.1)
+    (full_grad,) = torch.autograd.grad(full, mf)
+    distinct, rows = torch.unique(items, return_inverse=True)
+    packed = rince_loss(sem[distinct], mf[distinct], 0.2, 0.01, 0.1, rows=rows)
+    (packed_grad,) = torch.autograd.grad(packed, mf)
+    assert packed.item() == pytest.approx(full.item(), abs=1e-6)
+    assert torch.allclose(packed_grad, full_grad, atol=1e-6) and full_grad[items].abs().sum() > 0
+
+
 def test_rince_tends_to_doubled_positive_infonce_as_q_goes_to_zero():
     # x^q/q = 1/q + log x + O(q log^2 x) and -e^{qs}/q = -1/q - s + O(q s^2): the 1/q cancel, so
     # rince -> log(lam) + mean_k[-s_kk + log(2 e^{s_kk} + sum_{j!=k} e^{s_kj})] (error ~ q * 50 here).

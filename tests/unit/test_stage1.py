@@ -14,19 +14,20 @@ from sellarec.data.batches import build_examples, collate, sample_rows
 from sellarec.models.backbone import load_backbone
 from sellarec.pipeline import _tiny_corpus
 from sellarec.stages import stage1
+from sellarec.stages.loop import lr_factor
 from sellarec.stages.distill import distill_items
 from sellarec.stages.evaluation import answer_logits, yes_no_score
 
 
 def test_constant_warmup_is_logarithmic_then_flat() -> None:
-    factors = [stage1.lr_factor("constant_warmup", s, warmup_steps=10, total_steps=100) for s in range(100)]
+    factors = [lr_factor("constant_warmup", s, warmup_steps=10, total_steps=100) for s in range(100)]
     assert factors[0] == pytest.approx(math.log(2) / math.log(11))
     assert all(a < b for a, b in zip(factors[:9], factors[1:10]))
     assert factors[9:] == [1.0] * 91
 
 
 def test_cosine_warms_up_linearly_and_decays_to_zero() -> None:
-    f = [stage1.lr_factor("cosine", s, warmup_steps=4, total_steps=104) for s in range(105)]
+    f = [lr_factor("cosine", s, warmup_steps=4, total_steps=104) for s in range(105)]
     assert f[:4] == [0.25, 0.5, 0.75, 1.0]
     assert f[54] == pytest.approx(0.5)                                  # half-way through the decay
     assert f[104] == pytest.approx(0.0, abs=1e-12)

@@ -1,0 +1,223 @@
+"""Stage 3: SeLLa-Rec proper: ID tokens injected through the hybrid projection layer, LLM frozen (METHOD.md §5).
+
+Inputs: the stage-1 model (frozen adapter), stage 2's MF model and semantic table. Output: the trained injector
+(MF tables, semantic table, projectors) and AUC/UAUC on valid, test, test-warm and test-cold.
+
+Two training steps give the same loss and the same gradients (tested): ``official`` pads every prompt to
+``max_length`` and runs the whole sequence with gradients and full-vocabulary logits, as the official code does;
+``fast`` pads dynamically, runs the prefix before the first ID token once without gradients (its hidden states
+cannot depend on anything trainable) and keeps its key/value cache, then runs only the suffix with gradients. The
+prefix's loss terms are still computed (without gradients), so the loss value is the official one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sellarec.config import EvalConfig, Stage3Config
+from sellarec.data.batches import Batch, build_examples, collate
+from sellarec.data.dataset import Dataset
+from sellarec.errors import ConfigError
+from sellarec.models.backbone import Backbone
+from sellarec.models.collab import AlignedMF
+from sellarec.models.injection import IdTokenInjector
+from sellarec.models.lora import adapter_state, attach_lora, load_adapter_state
+from sellarec.models.projector import build_collab_projector, build_semantic_projector, warmup_init
+from sellarec.stages.evaluation import decoder_and_head, evaluate_scores, score_examples
+from sellarec.stages.loop import run_loop
+
+__all__ = ["Stage3Output", "build_injector", "fast_loss", "official_loss", "run"]
+
+OnEval = Callable[[dict[str, float], int], None]
+TOKEN_NAMES = {"user": "<User_ID>", "item": "<Item_ID>", "warm": "<Warm_ID>"}
+
+
+@dataclass
+class Stage3Output:
+    """What stage 3 hands on.
+
+    Attributes:
+        injector: the best-on-valid injector, in eval mode.
+        adapter: the stage-3 adapter weights when ``train_lora`` is set, else None.
+        metrics: ``valid/auc``, ``test/uauc``, ``test_warm/auc``, ``test_cold/uauc``, ... with test CIs.
+        history: one record per evaluation.
+        trainable_params: number of trained parameters (injector, plus the stage-3 adapter if any).
+        steps: optimizer steps taken.
+        train_samples: training prompts used.
+        seconds: wall time of the stage.
+    """
+
+    injector: IdTokenInjector
+    metrics: dict[str, float]
+    adapter: dict[str, Tensor] | None = None
+    history: list[dict] = field(default_factory=list)
+    trainable_params: int = 0
+    steps: int = 0
+    train_samples: int = 0
+    seconds: float = 0.0
+
+
+def build_injector(cfg: Stage3Config, mf: AlignedMF, semantic: Tensor, backbone: Backbone, *,
+                   seed: int) -> IdTokenInjector:
+    """The stage-3 trainable part, initialised from stage 2 (warm-up) or at random, with the trainable flags set.
+
+    Args:
+        cfg: stage-3 settings.
+        mf: stage 2's MF model (its semantic table and projection exist only when stage 2 aligned).
+        semantic: the distilled table (num_items, d_llm), used for ``<Warm_ID>`` when stage 2 did not align.
+        backbone: its hidden size and token ids.
+        seed: seeds the projectors' random init.
+    """
+    d_mf, d_llm = mf.item_emb.embedding_dim, backbone.hidden_size
+    uses_collab = "user" in cfg.tokens or "item" in cfg.tokens
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        collab = build_collab_projector(cfg.collab_projector, d_mf, d_llm) if uses_collab else None
+        sem_proj = build_semantic_projector(cfg.semantic_projector, d_llm) if "warm" in cfg.tokens else None
+    if collab is not None and cfg.projector_init == "warmup":
+        if mf.proj is None:
+            raise ConfigError("stage3.projector_init='warmup' copies stage 2's projection, but stage2.align='none' "
+                              "trains none; set stage3.projector_init=random or stage2.align=rince")
+        warmup_init(collab, cfg.collab_projector, mf.proj, seed=seed)
+    item_sem = mf.item_sem.weight if mf.item_sem is not None else semantic
+    injector = IdTokenInjector(
+        user_emb=mf.user_emb.weight, item_emb=mf.item_emb.weight,
+        item_sem=item_sem if "warm" in cfg.tokens else None, collab=collab, semantic=sem_proj, tokens=cfg.tokens,
+        token_ids={name: backbone.special_ids[TOKEN_NAMES[name]] for name in cfg.tokens})
+    injector.user_emb.weight.requires_grad_(cfg.train_user_emb)
+    injector.item_emb.weight.requires_grad_(cfg.train_item_emb)
+    if injector.item_sem is not None:
+        injector.item_sem.weight.requires_grad_(cfg.train_semantic)
+    for module in (collab, sem_proj):
+        if module is not None:
+            module.requires_grad_(cfg.train_projectors)
+    return injector.to(backbone.device)
+
+
+def _embed(model: nn.Module, injector: IdTokenInjector, batch: Batch) -> Tensor:
+    return injector(batch.input_ids, batch.users, batch.items, model.get_input_embeddings())
+
+
+def official_loss(model: nn.Module, injector: IdTokenInjector, batch: Batch, pad_to: int) -> Tensor:
+    """The official step: pad to ``pad_to``, full forward with gradients, full logits, HF's mean token loss."""
+    extra = pad_to - batch.input_ids.shape[1]
+    if extra > 0:
+        batch = Batch(F.pad(batch.input_ids, (0, extra), value=int(batch.input_ids[0, -1])),
+                      F.pad(batch.attention_mask, (0, extra)), F.pad(batch.labels, (0, extra), value=-100),
+                      batch.answer_pos, batch.labels_yes, batch.users, batch.items)
+    embeds = _embed(model, injector, batch)
+    return model(inputs_embeds=embeds, attention_mask=batch.attention_mask, labels=batch.labels).loss
+
+
+def _ce_sum(logits: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+
+
+def fast_loss(model: nn.Module, injector: IdTokenInjector, batch: Batch) -> Tensor:
+    """The fast step; equal loss and gradients to :func:`official_loss` when the backbone is frozen.
+
+    Positions before the first ID token of the batch form a prefix whose hidden states do not depend on any
+    trainable parameter: it runs once under ``no_grad`` and hands its key/value cache to the suffix pass.
+    """
+    body, head = decoder_and_head(model)
+    labels = batch.labels
+    first = int(injector.token_mask(batch.input_ids).float().argmax(dim=1).min())  # earliest ID token in the batch
+    n_targets = (labels[:, 1:] != -100).sum()
+    with torch.no_grad():
+        prefix = body(input_ids=batch.input_ids[:, :first], attention_mask=batch.attention_mask[:, :first],
+                      use_cache=True)
+        prefix_sum = _ce_sum(head(prefix.last_hidden_state), labels[:, 1: first + 1])  # positions 0..first-1
+    suffix_embeds = _embed(model, injector, batch)[:, first:]  # (B, T - first, D)
+    length = batch.input_ids.shape[1]
+    positions = torch.arange(first, length, device=suffix_embeds.device).expand(suffix_embeds.shape[0], -1)
+    suffix = body(inputs_embeds=suffix_embeds, attention_mask=batch.attention_mask, cache=prefix.cache,
+                  position_ids=positions, use_cache=True)
+    suffix_sum = _ce_sum(head(suffix.last_hidden_state[:, :-1]), labels[:, first + 1:])
+    return (prefix_sum + suffix_sum) / n_targets
+
+
+def run(cfg: Stage3Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone, model: nn.Module, mf: AlignedMF,
+        semantic: Tensor, *, valid_rows: pd.DataFrame, test_rows: pd.DataFrame, max_length: int, seed: int,
+        progress: bool = False, on_eval: OnEval | None = None) -> Stage3Output:
+    """Train the injector (and optionally a stage-3 adapter) and evaluate it. See the module docstring."""
+    start = time.perf_counter()
+    if not cfg.tokens:
+        raise ConfigError("stage3.tokens is empty, so stage 3 has nothing to inject; use --until stage1 "
+                          "(the TALLRec baseline) or choose tokens, e.g. stage3.tokens=[user,item,warm]")
+    # --- inputs
+    train_rows = ds.split("train")
+    if cfg.max_train_samples is not None and cfg.max_train_samples < len(train_rows):
+        train_rows = train_rows.sample(n=cfg.max_train_samples, random_state=seed).sort_index()
+    tok = backbone.tokenizer
+
+    def examples(rows: pd.DataFrame, with_answer: bool) -> list:
+        return build_examples(ds, rows, tok, stage=3, tokens=cfg.tokens, max_length=max_length,
+                              with_answer=with_answer)
+
+    train, valid, test = examples(train_rows, True), examples(valid_rows, False), examples(test_rows, False)
+
+    # --- model
+    injector = build_injector(cfg, mf, semantic, backbone, seed=seed)
+    if cfg.train_lora:
+        # differs from official SeLLa (METHOD.md #5): the stage-1 adapter is merged and a new one trains here.
+        model = attach_lora(model.merge_and_unload(), cfg.lora, trainable=True)
+    params = [p for p in injector.parameters() if p.requires_grad]
+    params += [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("stage 3 has no trainable parameter: enable one of stage3.train_user_emb, "
+                          "train_item_emb, train_semantic, train_projectors, train_lora")
+
+    def loss_fn(chunk: list) -> Tensor:
+        batch = collate(chunk, tok.pad_token_id, cfg.loss_mask).to(backbone.device)
+        if cfg.step == "official" or cfg.train_lora:  # a trained adapter needs gradients through the prefix too
+            return official_loss(model, injector, batch, max_length if cfg.step == "official" else 0)
+        return fast_loss(model, injector, batch)
+
+    def scores_of(items: list, split: str) -> np.ndarray:
+        return score_examples(backbone, items, batch_size=eval_cfg.batch_size, score_fn=eval_cfg.score_fn,
+                              model=model, embed=lambda b: _embed(model, injector, b), progress=progress,
+                              desc=f"stage3 {split}")
+
+    def evaluate_valid() -> tuple[float, np.ndarray]:
+        scores = scores_of(valid, "valid")
+        return evaluate_scores(ds, valid_rows, scores, eval_cfg, "valid")["valid/auc"], scores
+
+    def train_mode() -> None:
+        injector.train()
+        model.train()  # the frozen stage-1 LoRA keeps its dropout active, as in the official code
+
+    def snapshot() -> dict:
+        state = {"injector": {k: v.detach().clone() for k, v in injector.state_dict().items()}}
+        state["adapter"] = adapter_state(model) if cfg.train_lora else None
+        return state
+
+    # --- train
+    loop = run_loop(
+        name="stage3", examples=train, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, epochs=cfg.epochs,
+        loss_fn=loss_fn, params=params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip, schedule="constant_warmup", warmup_ratio=0.0,
+        eval_every_steps=cfg.eval_every_steps, evaluate=evaluate_valid,
+        snapshot=snapshot, train_mode=train_mode,
+        generator=torch.Generator().manual_seed(seed), progress=progress, on_eval=on_eval)
+
+    # --- evaluate the best-on-valid state
+    injector.load_state_dict(loop.best_state["injector"])
+    if cfg.train_lora:
+        load_adapter_state(model, loop.best_state["adapter"])
+    injector.eval()
+    model.eval()
+    metrics = evaluate_scores(ds, valid_rows, loop.best_valid_scores, eval_cfg, "valid", seed=seed)
+    metrics.update(evaluate_scores(ds, test_rows, scores_of(test, "test"), eval_cfg, "test", seed=seed,
+                                   bootstrap=True))
+    return Stage3Output(injector=injector, metrics=metrics, adapter=loop.best_state["adapter"], history=loop.history,
+                        trainable_params=sum(p.numel() for p in params), steps=loop.steps,
+                        train_samples=len(train), seconds=time.perf_counter() - start)

@@ -1,0 +1,87 @@
+"""The shared stage cache: atomic entries, one computation per key under concurrency, recovery after a kill."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from sellarec.cache import StageCache
+
+
+def _compute_slowly(root: str, counter: str, key: str) -> None:
+    def compute(scratch: Path) -> dict:
+        with open(counter, "a") as handle:       # one line per actual computation
+            handle.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        (scratch / "weights.bin").write_bytes(b"x" * 100)
+        return {"note": "computed"}
+
+    StageCache(Path(root)).get_or_compute("stage1", key, compute)
+
+
+def test_racing_processes_compute_a_key_once(tmp_path: Path) -> None:
+    counter = tmp_path / "count.txt"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_compute_slowly, args=(str(tmp_path), str(counter), "k1")) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(counter.read_text().splitlines()) == 1
+    entry = StageCache(tmp_path).lookup("stage1", "k1")
+    assert entry is not None and (entry / "weights.bin").read_bytes() == b"x" * 100
+
+
+def _compute_and_hang(root: str) -> None:
+    def compute(scratch: Path) -> dict:
+        (scratch / "half.bin").write_bytes(b"partial")
+        time.sleep(60)
+        return {}
+
+    StageCache(Path(root)).get_or_compute("stage2", "k2", compute)
+
+
+def test_killed_writer_leaves_no_entry_and_the_next_run_recovers(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_compute_and_hang, args=(str(tmp_path),))
+    proc.start()
+    scratch_glob = tmp_path / "stages" / "stage2"
+    deadline = time.time() + 30
+    while not list(scratch_glob.glob(".k2.tmp-*/half.bin")) and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    store = StageCache(tmp_path)
+    assert store.lookup("stage2", "k2") is None and store.entries() == []
+    path, hit = store.get_or_compute("stage2", "k2", lambda s: (s / "ok.bin").write_bytes(b"1") and {} or {})
+    assert not hit and (path / "ok.bin").exists()
+    assert not list(scratch_glob.glob(".k2.tmp-*"))                    # the stale scratch was removed
+
+
+def test_exception_in_compute_leaves_nothing(tmp_path: Path) -> None:
+    store = StageCache(tmp_path)
+
+    def boom(scratch: Path) -> dict:
+        (scratch / "x").write_text("1")
+        raise RuntimeError("nan loss")
+
+    with pytest.raises(RuntimeError):
+        store.get_or_compute("stage3", "k3", boom)
+    assert store.entries() == [] and not list((tmp_path / "stages" / "stage3").glob(".k3.tmp-*"))
+
+
+def test_hit_does_not_recompute_and_clear_removes(tmp_path: Path) -> None:
+    store = StageCache(tmp_path)
+    calls = []
+    for _ in range(2):
+        store.get_or_compute("stage1", "a", lambda s: calls.append(1) or {})
+    store.get_or_compute("stage2", "b", lambda s: {})
+    assert len(calls) == 1
+    assert {(e.stage, e.key) for e in store.entries()} == {("stage1", "a"), ("stage2", "b")}
+    assert store.clear("stage1") == 1 and [e.stage for e in store.entries()] == ["stage2"]
