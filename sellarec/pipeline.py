@@ -25,11 +25,11 @@ from sellarec.cache import StageCache
 from sellarec.config import SellaConfig, to_dict
 from sellarec.data.batches import sample_rows
 from sellarec.data.dataset import Dataset, load_dataset
-from sellarec.data.prompts import item_words, stage1_prompt, stage3_prompt
+from sellarec.data.prompts import tiny_corpus
 from sellarec.runtime import cache_root, configure_threads, seed_everything
 from sellarec.storage import write_json_atomic, write_text_atomic
 
-__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "stage_keys"]
+__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "stage_keys", "load_run_backbone"]
 
 log = logging.getLogger(__name__)
 STAGES = ("stage1", "stage2", "stage3")
@@ -93,11 +93,13 @@ def stage_keys(cfg: SellaConfig, data_fingerprint: str) -> dict[str, str]:
     return keys
 
 
-def _tiny_corpus(ds: Dataset) -> list[str]:
-    """Texts the tiny backbone's tokenizer is trained on: the titles and every prompt's fixed wording."""
-    words = item_words(ds.item_word)
-    fixed = [stage1_prompt(words, ["a"], "b", 1), stage3_prompt(words, ["a"], "b", 0, ("user", "item", "warm"))]
-    return [t for t in ds.titles if t] + [p.system + " " + p.user for p in fixed] + ["Movie: Book: Item:"]
+def load_run_backbone(cfg: SellaConfig, ds: Dataset, cache_dir: Path):
+    """The configured backbone (the ``tiny`` one trains its tokenizer on this dataset's titles and prompts)."""
+    from sellarec.models.backbone import load_backbone
+
+    corpus = tiny_corpus(ds.titles, ds.item_word) if cfg.backbone.name == "tiny" else None
+    return load_backbone(cfg.backbone.name, cache_dir=cache_dir, device=cfg.runtime.device, dtype=cfg.runtime.dtype,
+                         tiny_corpus=corpus, seed=cfg.runtime.seed)
 
 
 def _versions() -> dict[str, str]:
@@ -129,14 +131,9 @@ class _Run:
                                      rt.seed + 1)
 
     def load_backbone(self):
-        from sellarec.models.backbone import load_backbone
-
         if self.backbone is None:
-            cfg = self.cfg
-            seed_everything(cfg.runtime.seed)
-            self.backbone = load_backbone(
-                cfg.backbone.name, cache_dir=self.cache_dir, device=cfg.runtime.device, dtype=cfg.runtime.dtype,
-                tiny_corpus=_tiny_corpus(self.ds) if cfg.backbone.name == "tiny" else None, seed=cfg.runtime.seed)
+            seed_everything(self.cfg.runtime.seed)
+            self.backbone = load_run_backbone(self.cfg, self.ds, self.cache_dir)
         return self.backbone
 
 

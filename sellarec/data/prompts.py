@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "SPECIAL_TOKENS", "TOKEN_ORDER", "ItemWords", "Prompt", "item_words", "history_titles", "stage1_prompt",
-    "stage3_prompt", "item_prompt", "render_chat", "CHATML_FALLBACK",
+    "stage3_prompt", "item_prompt", "render_chat", "CHATML_FALLBACK", "tiny_corpus",
 ]
 
 # The three ID tokens of SeLLa-Rec, keyed by the names used in ``stage3.tokens``.
@@ -129,3 +129,10 @@ def render_chat(tokenizer: ChatTokenizer | None, prompt: Prompt) -> tuple[str, s
         prefix = "".join(CHATML_FALLBACK.format(**m) for m in messages) + "<|im_start|>assistant\n"
     answer = f"{prompt.answer}<|im_end|>" if prompt.answer else ""
     return prefix, answer
+
+
+def tiny_corpus(titles: Sequence[str], noun: str) -> list[str]:
+    """Texts a locally trained tokenizer (the ``tiny`` backbone) learns from: titles and every prompt's wording."""
+    words = item_words(noun)
+    fixed = [stage1_prompt(words, ["a"], "b", 1), stage3_prompt(words, ["a"], "b", 0, TOKEN_ORDER)]
+    return [t for t in titles if t] + [p.system + " " + p.user for p in fixed] + ["Movie: Book: Item:"]

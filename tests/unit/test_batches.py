@@ -11,14 +11,14 @@ from sellarec.config import DataConfig
 from sellarec.data import load_dataset
 from sellarec.data.batches import build_examples, collate, sample_rows
 from sellarec.models.backbone import load_backbone
-from sellarec.pipeline import _tiny_corpus
+from sellarec.data.prompts import tiny_corpus
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
     cache = tmp_path_factory.mktemp("cache")
     ds = load_dataset(DataConfig(max_users=40), cache)
-    return ds, load_backbone("tiny", cache_dir=cache, tiny_corpus=_tiny_corpus(ds))
+    return ds, load_backbone("tiny", cache_dir=cache, tiny_corpus=tiny_corpus(ds.titles, ds.item_word))
 
 
 def test_answer_token_sits_right_after_the_prefix(tiny) -> None:

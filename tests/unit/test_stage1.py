@@ -12,7 +12,7 @@ from sellarec.config import DataConfig, EvalConfig, LoraConfig, Stage1Config, St
 from sellarec.data import load_dataset
 from sellarec.data.batches import build_examples, collate, sample_rows
 from sellarec.models.backbone import load_backbone
-from sellarec.pipeline import _tiny_corpus
+from sellarec.data.prompts import tiny_corpus
 from sellarec.stages import stage1
 from sellarec.stages.loop import lr_factor
 from sellarec.stages.distill import distill_items
@@ -52,7 +52,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
 
 def _backbone(tiny):
     ds, cache = tiny
-    return load_backbone("tiny", cache_dir=cache, tiny_corpus=_tiny_corpus(ds))
+    return load_backbone("tiny", cache_dir=cache, tiny_corpus=tiny_corpus(ds.titles, ds.item_word))
 
 
 def test_answer_logits_do_not_depend_on_padding(tiny) -> None:

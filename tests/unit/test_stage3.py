@@ -13,7 +13,7 @@ from sellarec.errors import ConfigError
 from sellarec.models.backbone import load_backbone
 from sellarec.models.collab import AlignedMF
 from sellarec.models.lora import attach_lora
-from sellarec.pipeline import _tiny_corpus
+from sellarec.data.prompts import tiny_corpus
 from sellarec.stages import stage3
 
 EMB, HIDDEN = 16, 32
@@ -23,7 +23,7 @@ EMB, HIDDEN = 16, 32
 def setup(tmp_path_factory: pytest.TempPathFactory):
     cache = tmp_path_factory.mktemp("cache")
     ds = load_dataset(DataConfig(max_users=40), cache)
-    bb = load_backbone("tiny", cache_dir=cache, tiny_corpus=_tiny_corpus(ds))
+    bb = load_backbone("tiny", cache_dir=cache, tiny_corpus=tiny_corpus(ds.titles, ds.item_word))
     model = attach_lora(bb.model, LoraConfig(r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj")),
                         trainable=False)
     with torch.no_grad():  # a non-trivial frozen adapter, as after stage 1
