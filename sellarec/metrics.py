@@ -47,22 +47,24 @@ class UAUC:
 
 def _per_user_auc(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """Per-user AUC for users with both classes: (users, aucs, positive counts, n_single_row, n_single_class)."""
-    frame = pd.DataFrame({"u": user_ids, "y": labels, "s": scores})
-    users, aucs, positives = [], [], []
-    single_row = single_class = 0
-    for user, rows in frame.groupby("u", sort=True):
-        if len(rows) < 2:
-            single_row += 1
-            continue
-        y = rows["y"].to_numpy()
-        if y.min() == y.max():
-            single_class += 1
-            continue
-        users.append(user)
-        aucs.append(roc_auc_score(y, rows["s"].to_numpy()))
-        positives.append(int(y.sum()))
-    return np.asarray(users), np.asarray(aucs, dtype=float), np.asarray(positives), single_row, single_class
+    """Per-user AUC for users with both classes: (users, aucs, positive counts, n_single_row, n_single_class).
+
+    Vectorised Mann-Whitney form of ROC-AUC (ties get average ranks), equal to scikit-learn's per-user
+    ``roc_auc_score`` (tested) without one call per user: AUC = (R_pos - P (P + 1) / 2) / (P N), where R_pos is the
+    rank sum of the user's positives among the user's rows.
+    """
+    frame = pd.DataFrame({"u": user_ids, "y": np.asarray(labels).astype(np.int64), "s": scores})
+    frame["r"] = frame.groupby("u", sort=True)["s"].rank(method="average")
+    per_user = frame.groupby("u", sort=True).agg(n=("y", "size"), p=("y", "sum"))
+    per_user["rank_pos"] = frame[frame["y"] == 1].groupby("u", sort=True)["r"].sum()
+    per_user["rank_pos"] = per_user["rank_pos"].fillna(0.0)
+    single_row = int((per_user["n"] < 2).sum())
+    multi = per_user[per_user["n"] >= 2]
+    both = multi[(multi["p"] > 0) & (multi["p"] < multi["n"])]
+    single_class = len(multi) - len(both)
+    pos, neg = both["p"].to_numpy(float), (both["n"] - both["p"]).to_numpy(float)
+    aucs = (both["rank_pos"].to_numpy(float) - pos * (pos + 1) / 2) / (pos * neg)
+    return both.index.to_numpy(), aucs, both["p"].to_numpy(), single_row, single_class
 
 
 def uauc(user_ids: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray,

@@ -85,3 +85,14 @@ def test_evaluate_slices_splits_warm_and_cold() -> None:
     assert out["test/uauc"] == pytest.approx(2 / 3)
     assert out["test/auc"] == pytest.approx(roc_auc_score(frame["label"], frame["score"]))
     assert out["test_warm/rows"] == 4 and out["test_cold/uauc_users"] == 1
+
+
+def test_uauc_handles_ties_like_sklearn() -> None:
+    rng = np.random.default_rng(7)
+    users = rng.integers(0, 20, 400)
+    labels = rng.integers(0, 2, 400)
+    scores = rng.integers(0, 4, 400) / 4.0                                   # many ties
+    frame = pd.DataFrame({"u": users, "y": labels, "s": scores})
+    per_user = [roc_auc_score(g["y"], g["s"]) for _, g in frame.groupby("u") if g["y"].nunique() == 2]
+    assert uauc(users, labels, scores).value == pytest.approx(np.mean(per_user))
+    assert uauc([1, 1], [1, 0], [0.4, 0.4]).value == pytest.approx(0.5)
