@@ -140,3 +140,30 @@ def test_empty_token_set_is_a_config_error(setup) -> None:
     with pytest.raises(ConfigError, match="stage3.tokens is empty"):
         stage3.run(_cfg(tokens=()), EvalConfig(), ds, bb, model, mf, semantic, valid_rows=ds.split("valid"),
                    test_rows=ds.split("test"), max_length=512, seed=0)
+
+
+def test_fast_step_without_prefix_value_has_the_same_gradients(setup) -> None:
+    ds, bb, model, mf, semantic = setup
+    model.eval()
+    injector = stage3.build_injector(_cfg(), mf, semantic, bb, seed=0)
+    batch = _batch(setup, n=8)
+    full_loss, full = _grads(lambda: stage3.fast_loss(model, injector, batch), injector)
+    part_loss, part = _grads(lambda: stage3.fast_loss(model, injector, batch, exact_value=False), injector)
+    assert part_loss < full_loss                                           # the prefix terms are left out ...
+    for name in full:                                                      # ... and carry no gradient
+        torch.testing.assert_close(part[name], full[name], rtol=1e-5, atol=1e-8)
+
+
+def test_prefix_alignment_keeps_each_row_intact(setup) -> None:
+    _, bb, model, mf, semantic = setup
+    injector = stage3.build_injector(_cfg(), mf, semantic, bb, seed=0)
+    batch = _batch(setup, n=8)
+    first = injector.token_mask(batch.input_ids).float().argmax(dim=1)
+    ids, mask, labels, positions, split = stage3._align_prefixes(batch, first)
+    assert bool((ids[:, split] == bb.special_ids["<User_ID>"]).all())      # every row's first ID token, one column
+    for row in range(ids.shape[0]):
+        n = int(batch.attention_mask[row].sum())
+        assert ids[row][mask[row] == 1].tolist() == batch.input_ids[row, :n].tolist()
+        assert positions[row][mask[row] == 1].tolist() == list(range(n))
+        kept = labels[row][labels[row] != -100].tolist()
+        assert kept == batch.labels[row, 1:n].tolist()                     # targets 1..n-1, as the official shift
