@@ -125,6 +125,13 @@ def _print_table(metrics: dict) -> None:
         print(f"stage2 alignment: mean cosine(Proj(MF item), semantic) {align['before']:.4f} -> {align['after']:.4f}")
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from sellarec.run_table import runs_markdown
+
+    print(runs_markdown([Path(f) for f in args.runs]), end="")
+    return 0
+
+
 def _cmd_cache(args: argparse.Namespace) -> int:
     from sellarec.cache import StageCache
     from sellarec.runtime import cache_root
@@ -184,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="last stage to run (default: the config's final_stage, stage3)")
     train.add_argument("--out", default="runs/train", help="run folder (metrics.json, one folder per stage)")
     train.set_defaults(func=_cmd_train)
+
+    compare = commands.add_parser("compare", help="markdown table of finished runs' final-stage metrics")
+    compare.add_argument("runs", nargs="+", help="run folders written by `sellarec train --out`")
+    compare.set_defaults(func=_cmd_compare)
 
     cache = commands.add_parser("cache", help="the shared stage cache").add_subparsers(dest="action", required=True,
                                                                                        parser_class=_Parser)

@@ -112,3 +112,15 @@ def test_cli_train_bad_input(tmp_path: Path, args: list[str], message: str) -> N
     assert message in result.stderr.strip().splitlines()[-1]
     assert StageCache(tmp_path / "cache").entries() == []                  # no artifact ...
     assert not list((tmp_path / "cache").glob("stages/*/.*.tmp-*"))         # ... and no half-written one
+
+
+def test_compare_renders_the_final_stage_of_each_run(first_run, tmp_path: Path) -> None:
+    _, root, result = first_run
+    out = _cli("compare", str(root / "out"), cache=tmp_path / "cache")
+    assert out.returncode == 0, out.stderr
+    table = out.stdout.splitlines()
+    assert len(table) == 3 and table[2].startswith("| out | SeLLa-Rec (stage 3) |")
+    test_auc = result.metrics["stage3"]["test"]["auc"]
+    assert f"{test_auc:.4f} [" in table[2]
+    missing = _cli("compare", str(tmp_path / "nothing"), cache=tmp_path / "cache")
+    assert missing.returncode == 2 and "has no metrics.json" in missing.stderr

@@ -1,0 +1,54 @@
+"""Side-by-side tables of finished runs (``python -m sellarec compare RUN_DIR ...``), from their metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sellarec.errors import DataError
+
+__all__ = ["load_run", "runs_markdown"]
+
+STAGE_NAMES = {"stage1": "LLM (stage 1, TALLRec-style)", "stage2": "MF (stage 2)", "stage3": "SeLLa-Rec (stage 3)"}
+
+
+def load_run(folder: Path) -> dict[str, Any]:
+    """``metrics.json`` and ``config.yaml`` facts of a run folder; a missing or unfinished run is a DataError."""
+    path = Path(folder) / "metrics.json"
+    if not path.is_file():
+        raise DataError(f"{folder} has no metrics.json; pass folders written by `sellarec train --out`")
+    metrics = json.loads(path.read_text())
+    final = metrics.get("final")
+    if final not in metrics:
+        raise DataError(f"{folder} has not finished its final stage ({final}); rerun the same train command")
+    return {"name": Path(folder).name, "metrics": metrics, "final": final}
+
+
+def _cell(split: dict[str, Any], name: str, ci: bool) -> str:
+    value = split.get(name)
+    if value is None or value != value:  # NaN
+        return "n/a"
+    low, high = split.get(f"{name}_ci_low"), split.get(f"{name}_ci_high")
+    if ci and low is not None and high is not None:
+        return f"{value:.4f} [{low:.3f}, {high:.3f}]"
+    return f"{value:.4f}"
+
+
+def runs_markdown(folders: list[Path]) -> str:
+    """A markdown table of each run's final-stage metrics (test values with their 95% user-bootstrap CI)."""
+    runs = [load_run(f) for f in folders]
+    header = ("| run | model | valid AUC | valid UAUC | test AUC [95% CI] | test UAUC [95% CI] | warm AUC | warm UAUC "
+              "| cold AUC | cold UAUC | test rows (users) | trainable params | seconds |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for run in runs:
+        m = run["metrics"][run["final"]]
+        params = m.get("trainable_params")
+        lines.append(
+            f"| {run['name']} | {STAGE_NAMES[run['final']]} | {_cell(m['valid'], 'auc', False)} | "
+            f"{_cell(m['valid'], 'uauc', False)} | {_cell(m['test'], 'auc', True)} | {_cell(m['test'], 'uauc', True)} | "
+            f"{_cell(m['test_warm'], 'auc', False)} | {_cell(m['test_warm'], 'uauc', False)} | "
+            f"{_cell(m['test_cold'], 'auc', False)} | {_cell(m['test_cold'], 'uauc', False)} | "
+            f"{int(m['test']['rows'])} ({int(m['test']['uauc_users'])}) | "
+            f"{f'{params:,}' if params is not None else 'n/a'} | {m.get('seconds', float('nan')):.0f} |")
+    return "\n".join(lines) + "\n"
