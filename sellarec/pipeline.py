@@ -237,7 +237,11 @@ def run_pipeline(cfg: SellaConfig, out_dir: Path, *, on_eval: OnEval | None = No
     common_meta = {"data": ds.fingerprint, "backbone": cfg.backbone.name, "versions": _versions()}
 
     def stage(name: str, compute: Callable[[Path], dict], load: Callable[[Path], None] | None) -> Path:
-        folder, hit = store.get_or_compute(name, keys[name], lambda scratch: {**common_meta, **compute(scratch)})
+        upstream = {k: v for k, v in keys.items() if STAGES.index(k) < STAGES.index(name)}
+        if name == "stage2" and not needs["semantic"]:
+            upstream = {}  # MF without alignment reads nothing from the LLM
+        folder, hit = store.get_or_compute(
+            name, keys[name], lambda scratch: {**common_meta, "upstream": upstream, **compute(scratch)})
         if hit and load is not None:
             load(folder)
         result.cache[name] = "hit" if hit else "miss"

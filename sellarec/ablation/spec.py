@@ -7,7 +7,8 @@ for ``mode: grid``, ``axes`` of named levels (the first level of every axis is t
 * ``leave_one_out``: the full model, then one cell per component with that component removed (``-name``);
 * ``add_one_in``: the full model, ``bare`` (every component removed), then ``+name`` (only that one kept);
 * ``factorial``: every subset of at most 4 components removed (``full``, ``-a``, ``-a-b``, ...);
-* ``grid``: every combination of the axes' levels (``full`` for the first levels, else ``axis=level,...``).
+* ``grid``: every combination of the axes' levels (``full`` for the first levels, else ``axis=level,...`` naming
+  the axes off their first level).
 
 ``baselines`` adds one row per method preset (``mf``, ``tallrec``, ``collm``). Seeds map to ``runtime.seed``. This
 module checks the file's structure; :mod:`sellarec.ablation.expansion` builds and checks every cell's configuration

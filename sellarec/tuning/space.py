@@ -28,14 +28,13 @@ from sellarec.config import SellaConfig, apply_overrides
 from sellarec.errors import ConfigError
 
 __all__ = ["METRICS", "SAMPLERS", "ParamSpec", "SamplerSpec", "SearchSpace", "load_space", "space_dir",
-           "list_spaces", "parse_space", "label"]
+           "list_spaces", "parse_space", "label", "repo_root"]
 
 METRICS = ("valid/auc", "valid/uauc")   # final validation metrics of stage 3 (model selection; never test)
 SAMPLERS = ("tpe", "gp", "random")
 _KINDS = ("choice", "subsets", "int", "float")
 _TOP_KEYS = ("metric", "mode", "num_samples", "sampler", "params", "include")
 _SPEC_KEYS = {"choice": (), "subsets": (), "int": ("log", "step"), "float": ("log", "step")}
-_MISSING = object()
 
 
 def label(value: Any) -> Any:
@@ -45,9 +44,14 @@ def label(value: Any) -> Any:
     return value
 
 
+def repo_root() -> Path:
+    """The source checkout holding the ``sellarec`` package (``tune/``, ``mlflow/``, ``docs/``, ``runs/``)."""
+    return Path(__file__).resolve().parents[2]
+
+
 def space_dir() -> Path:
-    """``tune/spaces`` of the source checkout (the repository root holding the ``sellarec`` package)."""
-    return Path(__file__).resolve().parents[2] / "tune" / "spaces"
+    """``tune/spaces`` of the source checkout."""
+    return repo_root() / "tune" / "spaces"
 
 
 def list_spaces() -> list[str]:
@@ -84,7 +88,8 @@ class ParamSpec:
         log: sample a range on a log scale.
         step: grid step of a range (None: continuous / every integer).
         when: (earlier key, allowed values) pairs that must all hold for the parameter to be sampled.
-        otherwise: value set when the condition fails (``_MISSING``: leave the config's value).
+        otherwise: value set when the condition fails (if ``has_otherwise``; else the config's value stays).
+        has_otherwise: whether ``otherwise`` is set.
     """
 
     key: str
@@ -95,12 +100,8 @@ class ParamSpec:
     log: bool = False
     step: float | int | None = None
     when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
-    otherwise: Any = _MISSING
-
-    @property
-    def has_otherwise(self) -> bool:
-        """Whether a value is set when the condition fails."""
-        return self.otherwise is not _MISSING
+    otherwise: Any = None
+    has_otherwise: bool = False
 
     def values_to_check(self) -> list[Any]:
         """Representative values for validation against the config: every choice, or both bounds."""
@@ -321,9 +322,8 @@ def _parse_param(where: str, key: Any, raw: Any, earlier: dict[str, ParamSpec]) 
     else:
         fields.update(_parse_range(where, kind, raw))
     when = _parse_when(where, raw["when"], earlier) if "when" in raw else ()
-    otherwise = raw.get("otherwise", _MISSING)
-    return ParamSpec(key=key, kind="choice" if kind == "subsets" else kind, when=when, otherwise=otherwise,
-                     **fields)
+    return ParamSpec(key=key, kind="choice" if kind == "subsets" else kind, when=when,
+                     otherwise=raw.get("otherwise"), has_otherwise="otherwise" in raw, **fields)
 
 
 def _parse_sampler(where: str, raw: Any) -> SamplerSpec:

@@ -1,0 +1,223 @@
+"""Run an ablation: cells x seeds as Ray Tune trials through the shared stage cache, tracked in MLflow, resumable.
+
+Order of work: expand and check every cell (nothing written on a bad spec), check resources (a GPU request without a
+GPU fails here instead of leaving trials PENDING; STACK.md §4), then open the parent run, mark children of an older
+spec ``superseded``, skip every job whose (cell, seed, run key) already has a FINISHED run, and give the rest to
+Tune. Jobs of one cell at different seeds have different stage keys and run side by side; cells that differ only in
+stage 3 reuse a seed's stage-1 and stage-2 artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sellarec.ablation.expansion import expand_cells, expand_jobs
+from sellarec.ablation.spec import AblationSpec, Job
+from sellarec.ablation.tracking import (EXPERIMENT, child_runs, client_for, ensure_experiment, git_commit, label_rule,
+                                        start_parent)
+from sellarec.config import RuntimeConfig, apply_overrides, to_dict
+from sellarec.errors import ConfigError, ResourceError
+from sellarec.runtime import cache_root
+
+__all__ = ["Resources", "RunSummary", "run_ablation", "plan_jobs"]
+
+log = logging.getLogger(__name__)
+_REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each trial asks of Ray, and where Ray runs.
+
+    Attributes:
+        cpu_per_trial: CPUs per trial (also its torch threads, at least 1).
+        gpu_per_trial: GPUs per trial (fractions share a card); 0 runs on the CPU.
+        max_concurrent: most trials at once (0: as many as the resources allow).
+        address: an existing Ray cluster (``auto``, ``ray://host:port``); None starts a local one.
+    """
+
+    cpu_per_trial: float = 1.0
+    gpu_per_trial: float = 0.0
+    max_concurrent: int = 0
+    address: str | None = None
+
+    def check_local(self) -> None:
+        """Raise on impossible requests before Ray starts (a GPU request without a GPU would hang PENDING)."""
+        if self.cpu_per_trial <= 0:
+            raise ConfigError(f"--cpu-per-trial={self.cpu_per_trial} must be > 0")
+        if self.gpu_per_trial < 0:
+            raise ConfigError(f"--gpu-per-trial={self.gpu_per_trial} must be >= 0")
+        if self.max_concurrent < 0:
+            raise ConfigError(f"--max-concurrent={self.max_concurrent} must be >= 0 (0: no limit)")
+        if self.gpu_per_trial > 0 and self.address is None:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ResourceError(f"each trial asks for {self.gpu_per_trial:g} GPU but this machine has none; "
+                                    "pass --gpu-per-trial 0 or --address of a Ray cluster with GPUs")
+
+    def check_cluster(self) -> None:
+        """Raise when the connected Ray cluster has fewer GPUs than one trial asks for."""
+        import ray
+
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        if self.gpu_per_trial > gpus:
+            raise ResourceError(f"each trial asks for {self.gpu_per_trial:g} GPU but the Ray cluster has {gpus:g}; "
+                                "pass --gpu-per-trial 0 or connect to a cluster with GPUs")
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run_ablation` did.
+
+    Attributes:
+        jobs: cells x seeds of the expansion.
+        skipped: jobs that already had a FINISHED run.
+        ran: jobs that finished now.
+        failures: (job id, one-line error) of jobs that failed now.
+        parent_run_id: the MLflow parent run.
+    """
+
+    jobs: int
+    skipped: int
+    ran: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    parent_run_id: str = ""
+
+
+def plan_jobs(spec: AblationSpec, *, profile: str | None = None, seeds: int | None = None,
+              overrides: Sequence[str] = (), max_cells: int | None = None) -> list[Job]:
+    """The checked jobs of ``spec`` (``seeds``: a count overriding the spec's, seeds 0..K-1).
+
+    Raises:
+        ConfigError: a bad spec or override, or ``seeds`` < 1.
+    """
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds={seeds} must be >= 1")
+    cells = expand_cells(spec, profile=profile, overrides=overrides, max_cells=max_cells)
+    return expand_jobs(cells, tuple(range(seeds)) if seeds is not None else spec.seeds)
+
+
+def _runtime(job: Job, resources: Resources, cache_dir: Path) -> dict:
+    """The job's configuration with this execution's runtime settings (not part of the run key)."""
+    cfg = apply_overrides(job.config, {"runtime.cache_dir": str(cache_dir), "runtime.progress": False,
+                                       "runtime.threads": max(1, int(resources.cpu_per_trial)),
+                                       "runtime.device": "auto" if resources.gpu_per_trial > 0 else "cpu"})
+    return to_dict(cfg)
+
+
+def _job_tags(spec: AblationSpec, profile: str, job: Job, commit: str, fingerprints: dict[str, str]) -> dict:
+    from sellarec.data.dataset import data_fingerprint
+
+    data_key = repr(to_dict(job.config.data))
+    if data_key not in fingerprints:
+        fingerprints[data_key] = data_fingerprint(job.config.data)
+    return {"ablation": spec.name, "profile": profile, "cell": job.cell.name, "seed": str(job.seed),
+            "run_key": job.run_key, "cell_kind": job.cell.kind, "cell_index": str(job.cell.index),
+            "description": job.cell.description, "data_fingerprint": fingerprints[data_key],
+            "label_rule": label_rule(job.config), "git_commit": commit}
+
+
+def _sync_children(client, experiment_id: str, parent_id: str, jobs: list[Job]) -> list[Job]:
+    """Tag children that the current spec no longer asks for ``superseded``; return the jobs still to run."""
+    wanted = {(j.cell.name, str(j.seed)): j.run_key for j in jobs}
+    done = set()
+    for run in child_runs(client, experiment_id, parent_id):
+        tags, status = run.data.tags, run.info.status
+        ident = (tags.get("cell"), tags.get("seed"))
+        current = wanted.get(ident) == tags.get("run_key")
+        if status == "FINISHED":
+            if current:
+                done.add((*ident, tags.get("run_key")))
+                if "superseded" in tags:
+                    client.delete_tag(run.info.run_id, "superseded")
+            elif tags.get("superseded") != "true":
+                client.set_tag(run.info.run_id, "superseded", "true")
+        elif status == "RUNNING":   # left by a driver that was stopped; its job runs again now
+            client.set_terminated(run.info.run_id, "KILLED")
+    return [j for j in jobs if (j.cell.name, str(j.seed), j.run_key) not in done]
+
+
+def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, profile: str | None = None,
+                 seeds: int | None = None, overrides: Sequence[str] = (), resources: Resources = Resources(),
+                 cache_dir: Path | str | None = None, max_cells: int | None = None, command: str = "",
+                 experiment: str = EXPERIMENT, artifact_location: str | None = None) -> RunSummary:
+    """Run every unfinished job of ``spec`` on Ray and log it to MLflow under one parent run.
+
+    Args:
+        spec: the parsed spec.
+        storage: Tune's storage (an absolute path or a URI); trial folders hold each run's config and metrics.
+        tracking_uri: the MLflow store (``sqlite:///...`` or a server).
+        profile: size profile (default: the spec's).
+        seeds: number of seeds (default: the spec's seeds).
+        overrides: extra ``key=value`` overrides for every row (part of the run key).
+        resources: per-trial resources and the Ray address.
+        cache_dir: the shared stage cache (default: ``$SELLAREC_CACHE`` or ``~/.cache/sellarec``).
+        max_cells: run only the first this many cells (smoke tests).
+        command: the command line, recorded on the parent run for the report's footer.
+        experiment: MLflow experiment name.
+        artifact_location: the experiment's artifact folder when it is created.
+
+    Raises:
+        ConfigError: a bad spec, override or option (before anything is written).
+        ResourceError: GPUs requested where there are none (before Ray starts, or right after connecting).
+    """
+    profile = profile or spec.profile
+    jobs = plan_jobs(spec, profile=profile, seeds=seeds, overrides=overrides, max_cells=max_cells)
+    resources.check_local()
+    storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
+    cache = cache_root(RuntimeConfig(cache_dir=str(cache_dir) if cache_dir else None))
+    commit = git_commit(_REPO)
+
+    client = client_for(tracking_uri)
+    experiment_id = ensure_experiment(client, experiment, artifact_location)
+    parent_id = start_parent(client, experiment_id, spec.name, profile,
+                             {"command": command, "git_commit": commit, "mode": spec.mode, "jobs": str(len(jobs)),
+                              "description": spec.description})
+    pending = _sync_children(client, experiment_id, parent_id, jobs)
+    summary = RunSummary(jobs=len(jobs), skipped=len(jobs) - len(pending), parent_run_id=parent_id)
+    log.info("ablation %s (%s): %d jobs, %d already finished", spec.name, profile, len(jobs), summary.skipped)
+    try:
+        if pending:
+            _fit(spec, profile, pending, resources, cache, storage, tracking_uri, experiment_id, parent_id, commit,
+                 summary)
+    finally:
+        client.set_terminated(parent_id, "FAILED" if summary.failures or summary.ran + summary.skipped < len(jobs)
+                              else "FINISHED")
+    return summary
+
+
+def _fit(spec: AblationSpec, profile: str, pending: list[Job], resources: Resources, cache: Path, storage: str,
+         tracking_uri: str, experiment_id: str, parent_id: str, commit: str, summary: RunSummary) -> None:
+    import ray
+    from ray import tune
+
+    from sellarec.ablation.trial import JobPayload, MlflowRunsCallback, job_id, run_job, trial_dirname
+
+    fingerprints: dict[str, str] = {}
+    payloads = {job_id(i, j.cell.name, j.seed): JobPayload(_runtime(j, resources, cache),
+                                                           _job_tags(spec, profile, j, commit, fingerprints))
+                for i, j in enumerate(pending)}
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=resources.address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    try:
+        resources.check_cluster()
+        callback = MlflowRunsCallback(tracking_uri, experiment_id, parent_id, payloads)
+        trainable = tune.with_parameters(run_job, configs={k: p.config for k, p in payloads.items()})
+        trainable = tune.with_resources(trainable, {"cpu": resources.cpu_per_trial, "gpu": resources.gpu_per_trial})
+        tuner = tune.Tuner(
+            trainable, param_space={"job": tune.grid_search(list(payloads))},
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=resources.max_concurrent or None,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=f"{spec.name}-{profile}", storage_path=storage, callbacks=[callback],
+                                      failure_config=tune.FailureConfig(max_failures=0), verbose=0))
+        tuner.fit()
+        summary.ran, summary.failures = callback.finished, callback.failures
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,252 @@
+"""The end-of-sweep report: top-k table (terminal and markdown), Optuna parameter importances and a PNG plot."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sellarec.metrics import metric_key
+from sellarec.tuning.space import label
+
+__all__ = ["TrialRow", "rows_from_results", "rank_rows", "format_table", "train_command", "param_importances",
+           "write_report", "IMPORTANCE_METHODS"]
+
+IMPORTANCE_METHODS = ("PED-ANOVA", "fANOVA")
+_TABLE_METRICS = (metric_key("valid", "auc"), metric_key("valid", "uauc"), metric_key("test", "auc"),
+                  metric_key("test", "uauc"), metric_key("test_warm", "auc"), metric_key("test_cold", "auc"))
+
+
+@dataclass
+class TrialRow:
+    """One trial's outcome.
+
+    Attributes:
+        trial_id: Tune's trial id.
+        status: 'finished' (ran to the end), 'stopped' (by the scheduler), 'failed' or 'unfinished'.
+        params: the trial's searched parameters (dotted path -> value).
+        metrics: its last reported numbers (``valid/auc``, ...).
+        error: the failure's reason, if any.
+        index: position in start order.
+    """
+
+    trial_id: str
+    status: str
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    index: int = 0
+
+
+def rows_from_results(results: Any, keys: list[str]) -> list[TrialRow]:
+    """One :class:`TrialRow` per trial of a Tune ``ResultGrid`` (in start order), with its searched params only."""
+    from sellarec.tuning.trainable import COMPLETE_KEY
+
+    rows = []
+    for index, result in enumerate(results):
+        metrics = dict(result.metrics or {})
+        trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
+        if result.error is not None:
+            status = "failed"
+        elif COMPLETE_KEY in metrics:
+            status = "finished"
+        elif metrics:
+            status = "stopped"
+        else:
+            status = "unfinished"
+        params = {k: v for k, v in (result.config or {}).items() if k in keys}
+        lines = [line for line in str(result.error or "").strip().splitlines() if line.strip()]
+        rows.append(TrialRow(trial_id, status, params, metrics, lines[-1][:300] if lines else "", index))
+    return rows
+
+
+def train_command(profile: str | None, preset: str | None, overrides: list[str], params: dict[str, Any]) -> str:
+    """The ``python -m sellarec train`` command that trains one configuration of the sweep."""
+    parts = ["python -m sellarec train", f"--profile {profile}"] + ([f"--preset {preset}"] if preset else [])
+    parts += [f"--set '{o}'" for o in overrides]
+    for key, value in params.items():
+        if isinstance(value, (list, tuple)):
+            shown = "[" + ",".join(map(str, value)) + "]"
+        else:
+            shown = str(value).lower() if isinstance(value, bool) else str(value)
+        parts.append(f"--set {key}={shown}")
+    return " \\\n  ".join(parts)
+
+
+def _score(row: TrialRow, metric: str, mode: str) -> float:
+    value = row.metrics.get(metric)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return -math.inf
+    return value if mode == "max" else -value
+
+
+def rank_rows(rows: list[TrialRow], metric: str, mode: str) -> list[TrialRow]:
+    """Finished trials best first, then stopped ones (by their last value), then failed/unfinished ones."""
+    order = {"finished": 0, "stopped": 1, "unfinished": 2, "failed": 3}
+    return sorted(rows, key=lambda r: (order.get(r.status, 9), -_score(r, metric, mode), r.trial_id))
+
+
+def _short(key: str) -> str:
+    """``stage3.collab_projector.type`` -> ``s3.collab_projector.type`` (table headers)."""
+    return key.replace("stage", "s", 1) if key.startswith("stage") else key
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "nan"
+        return f"{value:.4f}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.3g}"
+    return str(label(value))
+
+
+def format_table(rows: list[TrialRow], keys: list[str], metric: str, *, markdown: bool) -> str:
+    """The table of ``rows`` (already ranked): rank, trial, status, metrics, searched parameters."""
+    metrics = [metric] + [m for m in _TABLE_METRICS if m != metric]
+    header = ["rank", "trial", "status", *metrics, *(_short(k) for k in keys)]
+    body = [[str(i + 1), r.trial_id, r.status, *(_cell(r.metrics.get(m)) for m in metrics),
+             *(_cell(r.params.get(k)) for k in keys)] for i, r in enumerate(rows)]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+    widths = [max(len(header[i]), *(len(row[i]) for row in body)) if body else len(header[i])
+              for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header)] + [fmt.format(*row) for row in body])
+
+
+def param_importances(storage_url: str, study_name: str) -> dict[str, dict[str, float] | str]:
+    """PED-ANOVA and fANOVA importances of the sweep's Optuna study (normalised to sum 1).
+
+    Returns:
+        method -> {param: importance}, or a one-line reason why it could not be computed (too few trials, ...).
+        Only parameters present in every finished trial take part (conditional ones are left out by Optuna).
+    """
+    import warnings
+
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    evaluators = {"PED-ANOVA": PedAnovaImportanceEvaluator(), "fANOVA": FanovaImportanceEvaluator(seed=0)}
+    if len(finished) < 2:
+        return {name: f"n/a: needs at least 2 finished trials, has {len(finished)}" for name in evaluators}
+    out: dict[str, dict[str, float] | str] = {}
+    for name, evaluator in evaluators.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[name] = {k: float(v) for k, v in get_param_importances(study, evaluator=evaluator).items()}
+        except Exception as exc:  # noqa: BLE001 - importances are an add-on: the report is written regardless
+            out[name] = f"n/a: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+    return out
+
+
+def _importance_table(importances: dict[str, dict[str, float] | str], keys: list[str]) -> str:
+    ok = {m: v for m, v in importances.items() if isinstance(v, dict)}
+    notes = [f"* {m}: {v}" for m, v in importances.items() if isinstance(v, str)]
+    lines = []
+    if ok:
+        params = [k for k in keys if any(k in v for v in ok.values())]
+        lines += ["| parameter | " + " | ".join(ok) + " |", "|---|" + "---|" * len(ok)]
+        lines += [f"| {k} | " + " | ".join(f"{v[k]:.3f}" if k in v else "-" for v in ok.values()) + " |"
+                  for k in params]
+        left_out = [k for k in keys if k not in params]
+        if left_out:
+            notes.append("* not in every finished trial (conditional), so left out: " + ", ".join(left_out))
+    return "\n".join(lines + ([""] if lines and notes else []) + notes)
+
+
+def _plot(path: Path, rows: list[TrialRow], metric: str, mode: str,
+          importances: dict[str, dict[str, float] | str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r.index)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    marks = {"finished": ("o", "tab:blue"), "stopped": ("x", "tab:gray"), "failed": ("v", "tab:red")}
+    for status, (marker, color) in marks.items():
+        pts = [(i, r.metrics.get(metric)) for i, r in enumerate(rows)
+               if r.status == status and isinstance(r.metrics.get(metric), (int, float))]
+        if pts:
+            left.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=status)
+    values = [r.metrics.get(metric) if r.status == "finished" else None for r in rows]
+    best, curve = None, []
+    for value in values:
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            best = value if best is None else (max(best, value) if mode == "max" else min(best, value))
+        curve.append(best)
+    if any(c is not None for c in curve):
+        left.step(range(len(curve)), [math.nan if c is None else c for c in curve], where="post",
+                  color="tab:green", label="best so far")
+    left.set(xlabel="trial (in start order)", ylabel=metric, title=f"{metric} per trial")
+    left.xaxis.get_major_locator().set_params(integer=True)
+    left.legend(loc="best", fontsize=8)
+    ok = {m: v for m, v in importances.items() if isinstance(v, dict) and v}
+    if ok:
+        params = sorted({k for v in ok.values() for k in v})
+        width = 0.8 / len(ok)
+        for j, (method, imp) in enumerate(ok.items()):
+            right.barh([i + j * width for i in range(len(params))], [imp.get(k, 0.0) for k in params],
+                       height=width, label=method)
+        right.set_yticks([i + width * (len(ok) - 1) / 2 for i in range(len(params))], [_short(k) for k in params],
+                         fontsize=8)
+        right.legend(loc="best", fontsize=8)
+    else:
+        right.text(0.5, 0.5, "importances n/a\n(too few finished trials)", ha="center", va="center")
+        right.set_axis_off()
+    right.set_title("parameter importance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: str, mode: str,
+                 importances: dict[str, dict[str, float] | str], header: list[str], best_command: str,
+                 footer: list[str], top_k: int) -> Path:
+    """Write ``<name>.md`` and ``<name>.png`` (same folder); returns the PNG's path.
+
+    Args:
+        md_path: the markdown file.
+        rows: every trial, ranked (:func:`rank_rows`).
+        keys: the searched dotted paths.
+        metric: the sweep's metric.
+        mode: 'max' or 'min'.
+        importances: from :func:`param_importances`.
+        header: bullet lines describing the sweep (space, profile, sampler, ...).
+        best_command: the command that trains the best configuration.
+        footer: bullet lines on where to look further (MLflow, optuna-dashboard, resume).
+        top_k: rows in the table.
+    """
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    png = md_path.with_suffix(".png")
+    _plot(png, rows, metric, mode, importances)
+    finished = [r for r in rows if r.status == "finished"]
+    best = finished[0] if finished else None
+    parts = [f"# Sweep `{md_path.stem}`", "", *[f"* {line}" for line in header], ""]
+    parts += ["## Best configuration", ""]
+    if best is not None:
+        parts += [f"Trial `{best.trial_id}`: {metric} = {_cell(best.metrics.get(metric))}.", "", "```bash",
+                  best_command, "```", ""]
+    else:
+        parts += ["No trial finished.", ""]
+    parts += [f"## Top {min(top_k, len(rows))} of {len(rows)} trials", "",
+              format_table(rows[:top_k], keys, metric, markdown=True), ""]
+    failed = [r for r in rows if r.status == "failed"]
+    if failed:
+        parts += ["Failed trials:", "", *[f"* `{r.trial_id}`: {r.error}" for r in failed], ""]
+    parts += ["## Parameter importances", "",
+              "Optuna's PED-ANOVA (importance for reaching the top 10%) and fANOVA (random-forest variance "
+              "decomposition) on the finished trials. With few trials, or a TPE-biased sample, both are rough and "
+              "local.", "", _importance_table(importances, keys), "", f"![{metric} per trial and importances]"
+              f"({png.name})", "", "## Where to look further", "", *[f"* {line}" for line in footer], ""]
+    md_path.write_text("\n".join(parts), encoding="utf-8")
+    return png
