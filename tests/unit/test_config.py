@@ -117,7 +117,7 @@ def test_flat_dict_uses_dotted_paths() -> None:
 
 def _config_classes() -> list[type]:
     return [obj for _, obj in inspect.getmembers(C, inspect.isclass)
-            if dataclasses.is_dataclass(obj) and obj.__module__ == C.__name__]
+            if dataclasses.is_dataclass(obj) and obj.__module__.startswith(C.__name__)]
 
 
 @pytest.mark.parametrize("cls", _config_classes(), ids=lambda c: c.__name__)
