@@ -33,7 +33,7 @@ __all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "stage_ke
 
 log = logging.getLogger(__name__)
 STAGES = ("stage1", "stage2", "stage3")
-CODE_VERSION = {"stage1": 1, "stage2": 1, "stage3": 1}  # bump when a stage's output changes for the same config
+CODE_VERSION = {"stage1": 1, "stage2": 1, "stage3": 2}  # bump when a stage's output changes for the same config
 OnEval = Callable[[dict[str, float], int], None]
 
 
@@ -154,8 +154,8 @@ def _stage1(run: _Run, folder: Path | None, scratch: Path | None, on_eval: OnEva
                      max_length=cfg.backbone.max_length, seed=cfg.runtime.seed + 1, progress=cfg.runtime.progress,
                      on_eval=on_eval)
     run.model = out.model
-    metrics = {**nest_metrics(out.metrics), "steps": out.steps, "train_samples": out.train_samples,
-               "truncated_prompts": out.truncated, "seconds": round(out.seconds, 2), "history": out.history}
+    metrics = {**nest_metrics(out.metrics), "trainable_params": sum(v.numel() for v in out.adapter.values()),
+               "steps": out.steps, "train_samples": out.train_samples, "truncated_prompts": out.truncated, "seconds": round(out.seconds, 2), "history": out.history}
     _save(scratch, {"adapter": out.adapter}, metrics)
     return {"config": to_dict(cfg.stage1), "seconds": metrics["seconds"]}
 
@@ -179,7 +179,9 @@ def _stage2(run: _Run, scratch: Path, semantic_needed: bool) -> dict:
                           bootstrap_samples=cfg.eval.bootstrap_samples)
     tensors["mf"] = collab.model.state_dict()
     align = {"before": collab.align["cos_before"], "after": collab.align["cos_after"]} if collab.align else None
-    metrics = {**nest_metrics(collab.metrics), "align": align, "best_epoch": collab.best_epoch,
+    trainable = sum(p.numel() for p in collab.model.parameters() if p.requires_grad)
+    metrics = {**nest_metrics(collab.metrics), "align": align, "trainable_params": trainable,
+               "best_epoch": collab.best_epoch,
                "epochs_run": collab.epochs_run, "distill_seconds": round(distill_seconds, 2),
                "mf_seconds": round(collab.seconds, 2), "seconds": round(time.perf_counter() - start, 2)}
     _save(scratch, tensors, metrics)

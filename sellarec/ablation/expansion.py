@@ -17,7 +17,7 @@ from sellarec.ablation.spec import FULL, AblationSpec, Cell, Change, Job, config
 from sellarec.config import SellaConfig, apply_overrides, load_config, to_flat_dict
 from sellarec.errors import ConfigError
 
-__all__ = ["expand_cells", "expand_jobs", "combine_changes", "check_runnable"]
+__all__ = ["expand_cells", "expand_jobs", "combine_changes"]
 
 
 def combine_changes(changes: Sequence[Change], full: SellaConfig, where: str) -> dict[str, Any]:
@@ -56,32 +56,6 @@ def combine_changes(changes: Sequence[Change], full: SellaConfig, where: str) ->
     for key, elements in dropped.items():
         out[key] = [e for e in flat[key] if e not in elements]
     return out
-
-
-def check_runnable(cfg: SellaConfig, where: str) -> None:
-    """Raise the errors stage 3 would raise only after stages 1-2 ran (mirrors ``stages/stage3.py``).
-
-    Raises:
-        ConfigError: no ID token for stage 3, or a warm-up projector init that cannot copy stage 2's projection.
-    """
-    if cfg.final_stage != "stage3":
-        return
-    s3 = cfg.stage3
-    if not s3.tokens:
-        raise ConfigError(f"{where}: stage3.tokens is empty, so stage 3 has nothing to inject; keep one token "
-                          "(the text-only model is the tallrec baseline)")
-    if s3.projector_init != "warmup" or not {"user", "item"} & set(s3.tokens):
-        return
-    if cfg.stage2.align == "none":
-        raise ConfigError(f"{where}: stage3.projector_init=warmup copies stage 2's projection but stage2.align=none "
-                          "trains none; also set stage3.projector_init: random")
-    if s3.collab_projector.type == "linear":
-        raise ConfigError(f"{where}: stage3.projector_init=warmup needs a collab projector of stage 2's shape, not "
-                          "linear; also set stage3.projector_init: random")
-    if s3.collab_projector.hidden != cfg.stage2.proj_hidden:
-        raise ConfigError(f"{where}: stage3.collab_projector.hidden={s3.collab_projector.hidden} differs from "
-                          f"stage2.proj_hidden={cfg.stage2.proj_hidden}, so warm-up cannot copy stage 2's projection;"
-                          " set them equal or stage3.projector_init: random")
 
 
 def _base(spec: AblationSpec, profile: str, preset: str, overrides: Sequence[str]) -> SellaConfig:
@@ -151,12 +125,10 @@ def expand_cells(spec: AblationSpec, *, profile: str | None = None, overrides: S
             cfg = apply_overrides(full, changed) if changed else full
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        check_runnable(cfg, where)
         kind = "full" if name == FULL else "ablation"
         cells.append(Cell(name, kind, len(cells), description, spec.preset, changed, cfg))
     for preset in spec.baselines:
         cfg = _base(spec, profile, preset, overrides)
-        check_runnable(cfg, f"ablation spec '{spec.name}': baseline '{preset}'")
         cells.append(Cell(preset, "baseline", len(cells), f"baseline: preset {preset}", preset, {}, cfg))
     names = [c.name for c in cells]
     for name in names:

@@ -52,12 +52,14 @@ def _num(value: float, digits: int = 4) -> str:
     return "n/a" if not math.isfinite(value) else f"{value + 0.0:.{digits}f}"
 
 
-def _interval(row: pd.Series) -> str:
+def _interval(row: pd.Series, runs: int | None = None) -> str:
+    """``mean ± half``; ``(n=k)`` when only k of the cell's ``runs`` runs have a finite value (or k = 1)."""
     if row["n"] == 0:
         return "n/a"
+    note = f" (n={row['n']})" if row["n"] == 1 or (runs is not None and row["n"] < runs) else ""
     if not math.isfinite(row["half_width"]):
-        return f"{_num(row['mean'])} (n=1)"
-    return f"{_num(row['mean'])} ± {_num(row['half_width'])}"
+        return f"{_num(row['mean'])}{note}"
+    return f"{_num(row['mean'])} ± {_num(row['half_width'])}{note}"
 
 
 def _p(value: float) -> str:
@@ -158,7 +160,7 @@ def render_markdown(study: Study, published: dict[str, Any], png_name: str, repo
     for cell in order:
         frame = runs[runs["cell"] == cell]
         seeds_text = ",".join(str(s) for s in sorted(frame["seed"]))
-        result_rows.append([f"`{cell}`", seeds_text] + [_interval(by[cell].loc[m]) for m in metrics]
+        result_rows.append([f"`{cell}`", seeds_text] + [_interval(by[cell].loc[m], len(frame)) for m in metrics]
                            + [_cost(frame, "trainable_params", 0), _cost(frame, "compute_seconds", 1)])
         if cell != FULL:
             diff_rows.append([f"`{cell}`"] + [_difference(by[cell].loc[m]) for m in metrics])
@@ -168,8 +170,9 @@ def render_markdown(study: Study, published: dict[str, Any], png_name: str, repo
     if study.parent.get("description"):
         lines += [_text(study.parent["description"]), ""]
     lines += [f"{len(order)} cells, seeds {', '.join(map(str, seeds))}. Each value is the mean ± half-width of the "
-              "95% t-interval over seeds (n=1: no interval). Trainable parameters are the final stage's; compute "
-              "seconds add every stage's own time, cached stages included.", "",
+              "95% t-interval over seeds; (n=k) marks a value over only k seeds (a slice without both labels has "
+              "no AUC). Trainable parameters are the final stage's; compute seconds add every stage's own time, "
+              "cached stages included.", "",
               "## Results", ""]
     lines += _table(["cell", "seeds"] + [label for _, label in METRICS] + ["trainable params", "compute s"],
                     result_rows)

@@ -13,14 +13,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sellarec.ablation.expansion import expand_cells, expand_jobs
 from sellarec.ablation.spec import AblationSpec, Job
-from sellarec.ablation.tracking import (EXPERIMENT, child_runs, client_for, ensure_experiment, git_commit, label_rule,
+from sellarec.ablation.tracking import (EXPERIMENT, child_runs, client_for, ensure_experiment, label_rule,
                                         start_parent)
 from sellarec.config import RuntimeConfig, apply_overrides, to_dict
 from sellarec.errors import ConfigError, ResourceError
 from sellarec.runtime import cache_root
+
+if TYPE_CHECKING:
+    from sellarec.ablation.trial import JobPayload
 
 __all__ = ["Resources", "RunSummary", "run_ablation", "plan_jobs"]
 
@@ -30,43 +34,64 @@ _REPO = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class Resources:
-    """What each trial asks of Ray, and where Ray runs.
+    """What each trial asks of Ray, and where Ray runs (the options and defaults of ``tune/search.py``).
 
     Attributes:
-        cpu_per_trial: CPUs per trial (also its torch threads, at least 1).
-        gpu_per_trial: GPUs per trial (fractions share a card); 0 runs on the CPU.
-        max_concurrent: most trials at once (0: as many as the resources allow).
-        address: an existing Ray cluster (``auto``, ``ray://host:port``); None starts a local one.
+        cpus_per_trial: CPUs per trial (also its torch threads, at least 1).
+        gpus_per_trial: GPUs per trial (a fraction shares a card); None: 0.25 when CUDA (or, with ``address``,
+            the cluster) has a GPU, else 0.
+        max_concurrent: most trials at once (None: as many as the resources allow).
+        address: an existing Ray cluster (``auto``, ``host:port``, ``ray://host:port``); None starts a private
+            local one (never an existing ``ray start`` cluster found by Ray's auto-detection).
     """
 
-    cpu_per_trial: float = 1.0
-    gpu_per_trial: float = 0.0
-    max_concurrent: int = 0
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
     address: str | None = None
 
-    def check_local(self) -> None:
-        """Raise on impossible requests before Ray starts (a GPU request without a GPU would hang PENDING)."""
-        if self.cpu_per_trial <= 0:
-            raise ConfigError(f"--cpu-per-trial={self.cpu_per_trial} must be > 0")
-        if self.gpu_per_trial < 0:
-            raise ConfigError(f"--gpu-per-trial={self.gpu_per_trial} must be >= 0")
-        if self.max_concurrent < 0:
-            raise ConfigError(f"--max-concurrent={self.max_concurrent} must be >= 0 (0: no limit)")
-        if self.gpu_per_trial > 0 and self.address is None:
-            import torch
+    def plan_gpus(self) -> float | None:
+        """Check the options before Ray starts; the GPU fraction per trial, or None to ask the cluster.
 
-            if not torch.cuda.is_available():
-                raise ResourceError(f"each trial asks for {self.gpu_per_trial:g} GPU but this machine has none; "
-                                    "pass --gpu-per-trial 0 or --address of a Ray cluster with GPUs")
+        Raises:
+            ConfigError: an impossible value.
+            ResourceError: GPUs requested on a machine without CUDA and no ``address`` (Ray would wait forever).
+        """
+        gpus = self.gpus_per_trial
+        if not self.cpus_per_trial > 0:
+            raise ConfigError(f"--cpus-per-trial={self.cpus_per_trial} must be > 0")
+        if gpus is not None and (gpus < 0 or (gpus > 1 and gpus != int(gpus))):
+            raise ConfigError(f"--gpus-per-trial={gpus} must be a fraction in [0, 1] or a whole number")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"--max-concurrent={self.max_concurrent} must be >= 1")
+        if self.address is not None and gpus is None:
+            return None
+        import torch
 
-    def check_cluster(self) -> None:
-        """Raise when the connected Ray cluster has fewer GPUs than one trial asks for."""
+        if gpus is None:
+            return 0.25 if torch.cuda.is_available() else 0.0
+        if gpus > 0 and self.address is None and not torch.cuda.is_available():
+            raise ResourceError(f"--gpus-per-trial={gpus:g} but this machine has no CUDA GPU; pass "
+                                "--gpus-per-trial 0, or --address of a Ray cluster with GPUs")
+        return float(gpus)
+
+    def cluster_gpus(self, planned: float | None) -> float:
+        """The GPU fraction per trial once Ray runs, checked against ``ray.cluster_resources()``.
+
+        Raises:
+            ResourceError: the cluster has fewer GPUs or CPUs than one trial asks for.
+        """
         import ray
 
-        gpus = ray.cluster_resources().get("GPU", 0.0)
-        if self.gpu_per_trial > gpus:
-            raise ResourceError(f"each trial asks for {self.gpu_per_trial:g} GPU but the Ray cluster has {gpus:g}; "
-                                "pass --gpu-per-trial 0 or connect to a cluster with GPUs")
+        have = ray.cluster_resources()
+        gpus = planned if planned is not None else (0.25 if have.get("GPU", 0.0) > 0 else 0.0)
+        if gpus > have.get("GPU", 0.0):
+            raise ResourceError(f"each trial asks for {gpus:g} GPU but the Ray cluster has {have.get('GPU', 0.0):g};"
+                                " pass --gpus-per-trial 0 or connect to a cluster with GPUs")
+        if self.cpus_per_trial > have.get("CPU", 0.0):
+            raise ResourceError(f"each trial asks for {self.cpus_per_trial:g} CPUs but the Ray cluster has "
+                                f"{have.get('CPU', 0.0):g}; lower --cpus-per-trial")
+        return gpus
 
 
 @dataclass
@@ -101,23 +126,30 @@ def plan_jobs(spec: AblationSpec, *, profile: str | None = None, seeds: int | No
     return expand_jobs(cells, tuple(range(seeds)) if seeds is not None else spec.seeds)
 
 
-def _runtime(job: Job, resources: Resources, cache_dir: Path) -> dict:
+def _runtime(job: Job, resources: Resources, gpus: float | None, cache_dir: Path) -> dict:
     """The job's configuration with this execution's runtime settings (not part of the run key)."""
     cfg = apply_overrides(job.config, {"runtime.cache_dir": str(cache_dir), "runtime.progress": False,
-                                       "runtime.threads": max(1, int(resources.cpu_per_trial)),
-                                       "runtime.device": "auto" if resources.gpu_per_trial > 0 else "cpu"})
+                                       "runtime.threads": max(1, int(resources.cpus_per_trial)),
+                                       "runtime.device": "cpu" if gpus == 0 else "auto"})
     return to_dict(cfg)
 
 
-def _job_tags(spec: AblationSpec, profile: str, job: Job, commit: str, fingerprints: dict[str, str]) -> dict:
+def _fingerprints(jobs: list[Job]) -> dict[str, str]:
+    """Data fingerprint per distinct data config (reads the source files: a missing one fails before any write)."""
     from sellarec.data.dataset import data_fingerprint
 
-    data_key = repr(to_dict(job.config.data))
-    if data_key not in fingerprints:
-        fingerprints[data_key] = data_fingerprint(job.config.data)
+    out: dict[str, str] = {}
+    for job in jobs:
+        key = repr(to_dict(job.config.data))
+        if key not in out:
+            out[key] = data_fingerprint(job.config.data)
+    return out
+
+
+def _job_tags(spec: AblationSpec, profile: str, job: Job, commit: str, fingerprints: dict[str, str]) -> dict:
     return {"ablation": spec.name, "profile": profile, "cell": job.cell.name, "seed": str(job.seed),
             "run_key": job.run_key, "cell_kind": job.cell.kind, "cell_index": str(job.cell.index),
-            "description": job.cell.description, "data_fingerprint": fingerprints[data_key],
+            "description": job.cell.description, "data_fingerprint": fingerprints[repr(to_dict(job.config.data))],
             "label_rule": label_rule(job.config), "git_commit": commit}
 
 
@@ -167,9 +199,12 @@ def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, 
     """
     profile = profile or spec.profile
     jobs = plan_jobs(spec, profile=profile, seeds=seeds, overrides=overrides, max_cells=max_cells)
-    resources.check_local()
+    gpus = resources.plan_gpus()
+    fingerprints = _fingerprints(jobs)
     storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
     cache = cache_root(RuntimeConfig(cache_dir=str(cache_dir) if cache_dir else None))
+    from sellarec.tuning.tracking import git_commit   # the sweeps' helper (imports Ray)
+
     commit = git_commit(_REPO)
 
     client = client_for(tracking_uri)
@@ -182,39 +217,43 @@ def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, 
     log.info("ablation %s (%s): %d jobs, %d already finished", spec.name, profile, len(jobs), summary.skipped)
     try:
         if pending:
-            _fit(spec, profile, pending, resources, cache, storage, tracking_uri, experiment_id, parent_id, commit,
-                 summary)
+            from sellarec.ablation.trial import JobPayload, job_id   # imports Ray
+
+            payloads = {job_id(i, j.cell.name, j.seed): JobPayload(_runtime(j, resources, gpus, cache),
+                                                                   _job_tags(spec, profile, j, commit, fingerprints))
+                        for i, j in enumerate(pending)}
+            _fit(f"{spec.name}-{profile}", payloads, resources, gpus, storage, tracking_uri, experiment_id,
+                 parent_id, summary)
     finally:
         client.set_terminated(parent_id, "FAILED" if summary.failures or summary.ran + summary.skipped < len(jobs)
                               else "FINISHED")
     return summary
 
 
-def _fit(spec: AblationSpec, profile: str, pending: list[Job], resources: Resources, cache: Path, storage: str,
-         tracking_uri: str, experiment_id: str, parent_id: str, commit: str, summary: RunSummary) -> None:
+def _fit(name: str, payloads: dict[str, JobPayload], resources: Resources, planned_gpus: float | None, storage: str,
+         tracking_uri: str, experiment_id: str, parent_id: str, summary: RunSummary) -> None:
+    """One Tune grid over the pending jobs; the driver-side callback writes MLflow and fills ``summary``."""
     import ray
     from ray import tune
 
-    from sellarec.ablation.trial import JobPayload, MlflowRunsCallback, job_id, run_job, trial_dirname
+    from sellarec.ablation.trial import MlflowRunsCallback, run_job, trial_dirname
 
-    fingerprints: dict[str, str] = {}
-    payloads = {job_id(i, j.cell.name, j.seed): JobPayload(_runtime(j, resources, cache),
-                                                           _job_tags(spec, profile, j, commit, fingerprints))
-                for i, j in enumerate(pending)}
     started = not ray.is_initialized()
     if started:
-        ray.init(address=resources.address, include_dashboard=False, log_to_driver=False,
+        # "local": without it, ray.init() joins whatever cluster /tmp/ray/ray_current_cluster names (any `ray start`
+        # on this machine, even another user's), and the trials hang when that cluster goes away.
+        ray.init(address=resources.address or "local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
     try:
-        resources.check_cluster()
+        gpus = resources.cluster_gpus(planned_gpus)
         callback = MlflowRunsCallback(tracking_uri, experiment_id, parent_id, payloads)
         trainable = tune.with_parameters(run_job, configs={k: p.config for k, p in payloads.items()})
-        trainable = tune.with_resources(trainable, {"cpu": resources.cpu_per_trial, "gpu": resources.gpu_per_trial})
+        trainable = tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": gpus})
         tuner = tune.Tuner(
             trainable, param_space={"job": tune.grid_search(list(payloads))},
-            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=resources.max_concurrent or None,
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=resources.max_concurrent,
                                         trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(name=f"{spec.name}-{profile}", storage_path=storage, callbacks=[callback],
+            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback],
                                       failure_config=tune.FailureConfig(max_failures=0), verbose=0))
         tuner.fit()
         summary.ran, summary.failures = callback.finished, callback.failures

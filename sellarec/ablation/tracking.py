@@ -13,8 +13,7 @@ The report keeps the FINISHED, non-superseded children of the latest parent and,
 from __future__ import annotations
 
 import math
-import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from sellarec.metrics import metric_key
 
 __all__ = ["EXPERIMENT", "PARENT_ROLE", "SPLITS", "METRIC_NAMES", "default_tracking_uri", "client_for",
            "ensure_experiment", "find_parent", "start_parent", "child_runs", "create_child", "log_values",
-           "pipeline_metrics", "git_commit", "label_rule", "tag_values"]
+           "pipeline_metrics", "label_rule"]
 
 EXPERIMENT = "ablations"
 PARENT_ROLE = "parent"
@@ -152,17 +151,6 @@ def pipeline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return flat
 
 
-def git_commit(folder: Path) -> str:
-    """``git rev-parse HEAD`` of ``folder`` with ``+dirty`` when tracked files changed; 'unknown' outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def label_rule(cfg: SellaConfig) -> str:
     """The label rule of ``cfg.data`` in words, e.g. ``rating >= 4 is positive (ml100k default)``."""
     from sellarec.data.protocol import DEFAULT_POSITIVE_RATING
@@ -171,7 +159,3 @@ def label_rule(cfg: SellaConfig) -> str:
         return f"rating >= {cfg.data.positive_rating:g} is positive (data.positive_rating)"
     return f"rating >= {DEFAULT_POSITIVE_RATING[cfg.data.dataset]:g} is positive ({cfg.data.dataset} default)"
 
-
-def tag_values(runs: Iterable[Any], key: str) -> list[str]:
-    """Sorted distinct values of tag ``key`` over ``runs`` (missing tags skipped)."""
-    return sorted({r.data.tags[key] for r in runs if key in r.data.tags})

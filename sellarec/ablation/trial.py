@@ -47,6 +47,16 @@ def trial_dirname(trial: Any) -> str:
     return f"{trial.config['job']}_{trial.trial_id}"
 
 
+def _cap_gpu_memory() -> None:
+    """Ray's GPU fractions are logical only: keep this trial within its share of the card's memory."""
+    fraction = float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0))
+    if fraction > 0:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(min(1.0, fraction), 0)   # Ray maps the trial's GPU to cuda:0
+
+
 def run_job(config: dict[str, Any], configs: dict[str, dict[str, Any]]) -> None:
     """Tune function trainable: run one job's pipeline and report its flat metrics once.
 
@@ -60,6 +70,7 @@ def run_job(config: dict[str, Any], configs: dict[str, dict[str, Any]]) -> None:
     from sellarec.pipeline import run_pipeline
 
     cfg = from_dict(configs[config["job"]])
+    _cap_gpu_memory()
     start = time.perf_counter()
     try:
         result = run_pipeline(cfg, Path(tune.get_context().get_trial_dir()) / "run")

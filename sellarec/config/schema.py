@@ -422,3 +422,25 @@ class SellaConfig:
     stage3: Stage3Config = field(default_factory=Stage3Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        # Cross-section checks, so an impossible stage 3 fails at load time and not after stages 1-2 have run.
+        if self.final_stage != "stage3":
+            return
+        s3 = self.stage3
+        _check(bool(s3.tokens), "stage3.tokens", [], "leaves stage 3 nothing to inject; choose tokens or use "
+               "final_stage=stage1 (the tallrec preset)")
+        _check(any((s3.train_user_emb and "user" in s3.tokens, s3.train_item_emb and "item" in s3.tokens,
+                    s3.train_semantic and "warm" in s3.tokens, s3.train_projectors, s3.train_lora)),
+               "stage3.train_projectors", s3.train_projectors, "with every other stage3.train_* flag off (or its "
+               "token unused) leaves stage 3 nothing to train")
+        if s3.projector_init != "warmup" or not {"user", "item"} & set(s3.tokens):
+            return
+        _check(self.stage2.align != "none", "stage3.projector_init", s3.projector_init,
+               "copies stage 2's projection, but stage2.align='none' trains none; set stage3.projector_init=random")
+        _check(s3.collab_projector.type != "linear", "stage3.projector_init", s3.projector_init,
+               "needs a collab projector of stage 2's shape (mlp, mlp_residual or moe), not "
+               "stage3.collab_projector.type='linear'; set stage3.projector_init=random")
+        _check(s3.collab_projector.hidden == self.stage2.proj_hidden, "stage3.collab_projector.hidden",
+               s3.collab_projector.hidden, f"must equal stage2.proj_hidden={self.stage2.proj_hidden} to copy stage 2's "
+               "projection (stage3.projector_init=warmup); change one or set projector_init=random")

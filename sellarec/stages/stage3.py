@@ -93,8 +93,9 @@ def build_injector(cfg: Stage3Config, mf: AlignedMF, semantic: Tensor, backbone:
         user_emb=mf.user_emb.weight, item_emb=mf.item_emb.weight,
         item_sem=item_sem if "warm" in cfg.tokens else None, collab=collab, semantic=sem_proj, tokens=cfg.tokens,
         token_ids={name: backbone.special_ids[TOKEN_NAMES[name]] for name in cfg.tokens})
-    injector.user_emb.weight.requires_grad_(cfg.train_user_emb)
-    injector.item_emb.weight.requires_grad_(cfg.train_item_emb)
+    # A table whose token is absent gets no gradient; leaving it frozen keeps the trainable count honest.
+    injector.user_emb.weight.requires_grad_(cfg.train_user_emb and "user" in cfg.tokens)
+    injector.item_emb.weight.requires_grad_(cfg.train_item_emb and "item" in cfg.tokens)
     if injector.item_sem is not None:
         injector.item_sem.weight.requires_grad_(cfg.train_semantic)
     for module in (collab, sem_proj):

@@ -49,8 +49,8 @@ def test_override_types_are_parsed_by_field_type() -> None:
     assert cfg.stage3.collab_projector.type == "moe"
 
 
-def test_empty_token_list_is_allowed() -> None:
-    assert C.load_config("tiny", overrides=["stage3.tokens=[]"]).stage3.tokens == ()
+def test_empty_token_list_is_allowed_without_stage3() -> None:
+    assert C.load_config("tiny", overrides=["stage3.tokens=[]", "final_stage=stage1"]).stage3.tokens == ()
 
 
 @pytest.mark.parametrize("override, message", [
@@ -126,3 +126,22 @@ def test_every_config_field_is_documented(cls: type) -> None:
     assert "Attributes:" in doc
     missing = [f.name for f in dataclasses.fields(cls) if f"{f.name}:" not in doc]
     assert not missing, f"{cls.__name__} lacks docs for {missing}"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["stage3.tokens=[]"], r"stage3.tokens=\[\] leaves stage 3 nothing to inject"),
+    (["stage2.align=none"], r"stage3.projector_init='warmup' copies stage 2's projection, but stage2.align='none'"),
+    (["stage3.collab_projector.type=linear"], r"not stage3.collab_projector.type='linear'"),
+    (["stage3.collab_projector.hidden=64"], r"stage3.collab_projector.hidden=64 must equal stage2.proj_hidden=32"),
+    (["stage3.train_user_emb=false", "stage3.train_item_emb=false", "stage3.train_semantic=false",
+      "stage3.train_projectors=false"], r"leaves stage 3 nothing to train"),
+])
+def test_impossible_stage3_fails_at_load_time(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        C.load_config("tiny", overrides=overrides)
+
+
+def test_stage3_checks_do_not_apply_when_stage3_does_not_run() -> None:
+    cfg = C.load_config("tiny", "tallrec", ["stage3.tokens=[]", "stage2.align=none"])
+    assert cfg.final_stage == "stage1"
+    assert C.load_config("tiny", overrides=["stage2.align=none", "stage3.tokens=[warm]"]).stage3.tokens == ("warm",)

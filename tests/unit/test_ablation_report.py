@@ -1,0 +1,242 @@
+"""Ablation report from a hand-built MLflow store: numbers against hand-computed means, t-intervals, paired-test
+p-values and Holm corrections; run selection (latest, finished, not superseded); determinism; published numbers;
+and the runner's resume bookkeeping on the same store.
+
+Expected values use closed forms of Student's t with 1 and 2 degrees of freedom, never the module under test:
+df=1 (Cauchy): quantile q -> tan(pi (q - 1/2)), two-sided p = 1 - (2/pi) atan|t|;
+df=2: quantile q -> (2q - 1) sqrt(2 / (1 - (2q - 1)^2)), two-sided p = 1 - |t| / sqrt(2 + t^2).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from sellarec.ablation.report import METRICS, load_published, write_report
+from sellarec.ablation.tracking import pipeline_metrics
+from sellarec.errors import ConfigError, DataError
+
+PUBLISHED = Path(__file__).resolve().parents[2] / "ablations" / "published.yaml"
+SEEDS = {"full": (0, 1, 2), "-x": (0, 1, 2), "-y": (0, 1, 2), "mf": (0, 1)}
+KINDS = {"full": "full", "-x": "ablation", "-y": "ablation", "mf": "baseline"}
+PARAMS = {"full": 1000, "-x": 900, "-y": 1100}
+NAMES = [m for m, _ in METRICS]
+
+
+def _values() -> dict[tuple[str, int, str], float]:
+    rng = np.random.default_rng(7)
+    values = {(c, s, m): round(float(rng.uniform(0.5, 0.8)), 3) for c in SEEDS for s in SEEDS[c] for m in NAMES}
+    values["-y", 2, "test_warm/auc"] = math.nan          # a slice with one label class
+    for seed, (worse, better) in enumerate([(0.050, 0.020), (0.052, 0.030), (0.049, 0.025)]):
+        values["-x", seed, "test/auc"] = values["full", seed, "test/auc"] - worse      # p < 0.001 after Holm
+        values["-y", seed, "test/uauc"] = values["full", seed, "test/uauc"] + better   # 0.001 < p < 0.05
+    return values
+
+
+def _run(client: MlflowClient, exp: str, parent: str, cell: str, seed: int, metrics: dict[str, float], *,
+         start: int, status: str = "FINISHED", dataset: str = "ml100k", **extra_tags: str) -> None:
+    tags = {"mlflow.parentRunId": parent, "cell": cell, "seed": str(seed), "cell_kind": KINDS.get(cell, "ablation"),
+            "cell_index": str(list(SEEDS).index(cell) if cell in SEEDS else 99), "description": f"about {cell}",
+            "data_fingerprint": "abc123", "label_rule": "rating >= 4 is positive", "git_commit": "deadbeef",
+            **extra_tags}
+    run_id = client.create_run(exp, start_time=start, tags=tags).info.run_id
+    params = {"data.dataset": dataset, "data.max_users": "300", "data.sample_seed": "0",
+              "data.warm_definition": "sella", "backbone.name": "smollm2-135m", "eval.max_test_samples": "200",
+              "eval.max_rows_per_user": "8", "eval.score_fn": "two_way_softmax", "final_stage": "stage3"}
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                     metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+    client.set_terminated(run_id, status)
+
+
+def _ablation(client: MlflowClient, exp: str, name: str, dataset: str) -> None:
+    """Parent + children: the current runs, and runs the report must ignore."""
+    old = client.create_run(exp, start_time=1, tags={"ablation": name, "profile": "quick", "role": "parent"})
+    _run(client, exp, old.info.run_id, "full", 0, {"test/auc": 0.01}, start=2)          # an older parent's child
+    parent = client.create_run(exp, start_time=10, tags={
+        "ablation": name, "profile": "quick", "role": "parent", "description": "A toy <ablation>.",
+        "command": f"python ablations/run.py --spec {name}", "git_commit": "deadbeef"}).info.run_id
+    values = _values()
+    for cell, seeds in SEEDS.items():
+        for seed in seeds:
+            metrics = {m: values[cell, seed, m] for m in NAMES}
+            metrics["compute_seconds"] = 10.0 * (seed + 1)
+            if cell in PARAMS:
+                metrics["trainable_params"] = PARAMS[cell]
+            _run(client, exp, parent, cell, seed, metrics, start=1000 + seed, dataset=dataset)
+    _run(client, exp, parent, "full", 0, {"test/auc": 0.02}, start=500, dataset=dataset)          # older duplicate
+    _run(client, exp, parent, "-x", 1, {"test/auc": 0.99}, start=5000, status="FAILED", dataset=dataset)
+    _run(client, exp, parent, "-y", 0, {"test/auc": 0.99}, start=5000, dataset=dataset, superseded="true")
+    _run(client, exp, parent, "gone", 0, {"test/auc": 0.99}, start=900, status="RUNNING", dataset=dataset)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("ablations")
+    _ablation(client, exp, "toy", "ml100k")
+    _ablation(client, exp, "toy1m", "ml1m")
+    return uri
+
+
+def _t_quantile(df: int, q: float = 0.975) -> float:
+    return math.tan(math.pi * (q - 0.5)) if df == 1 else (2 * q - 1) * math.sqrt(2 / (1 - (2 * q - 1) ** 2))
+
+
+def _two_sided_p(t: float, df: int) -> float:
+    return 1 - 2 / math.pi * math.atan(abs(t)) if df == 1 else 1 - abs(t) / math.sqrt(2 + t * t)
+
+
+def _sd(x: list[float]) -> float:
+    mean = sum(x) / len(x)
+    return math.sqrt(sum((v - mean) ** 2 for v in x) / (len(x) - 1))
+
+
+def _expected(metric: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Hand-computed 'mean ± half' and 'diff (p=...)' strings per cell."""
+    values = _values()
+    series = {c: {s: values[c, s, metric] for s in SEEDS[c] if not math.isnan(values[c, s, metric])} for c in SEEDS}
+    intervals, diffs, pvals = {}, {}, {}
+    for cell, xs in series.items():
+        x = list(xs.values())
+        half = _t_quantile(len(x) - 1) * _sd(x) / math.sqrt(len(x))
+        note = f" (n={len(x)})" if len(x) < len(SEEDS[cell]) else ""
+        intervals[cell] = f"{sum(x) / len(x):.4f} ± {half:.4f}{note}"
+        if cell != "full":
+            d = [xs[s] - series["full"][s] for s in sorted(set(xs) & set(series["full"]))]
+            diffs[cell] = sum(d) / len(d)
+            pvals[cell] = _two_sided_p(diffs[cell] / (_sd(d) / math.sqrt(len(d))), len(d) - 1)
+    ranked = sorted(pvals, key=pvals.get)                                  # Holm: step down from the smallest p
+    adjusted, running = {}, 0.0
+    for j, cell in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - j) * pvals[cell]))
+        adjusted[cell] = running
+    texts = {c: f"{diffs[c]:+.4f} (p={'<0.001' if adjusted[c] < 0.001 else f'{adjusted[c]:.3f}'}"
+                f"{'*' if adjusted[c] < 0.05 else ''})" for c in diffs}
+    return intervals, texts
+
+
+def _rows(markdown: str, section: str) -> dict[str, list[str]]:
+    block = markdown.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return {line.split(" | ")[0][3:-1]: [c.strip() for c in line.strip("|").split(" | ")[1:]]
+            for line in block.splitlines() if line.startswith("| `")}
+
+
+@pytest.fixture(scope="module")
+def report(store: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    out = tmp_path_factory.mktemp("report") / "toy.md"
+    write_report(store, "toy", "quick", out, PUBLISHED, "python ablations/report.py --spec toy")
+    return out.read_text(encoding="utf-8"), out
+
+
+@pytest.mark.parametrize("metric", NAMES)
+def test_intervals_and_holm_corrected_paired_tests(report, metric: str) -> None:
+    markdown, _ = report
+    column = NAMES.index(metric)
+    intervals, diffs = _expected(metric)
+    results, differences = _rows(markdown, "Results"), _rows(markdown, "Difference to the full model")
+    assert list(results) == ["full", "-x", "-y", "mf"]
+    for cell in SEEDS:
+        assert results[cell][1 + column] == intervals[cell], cell
+    for cell in ("-x", "-y", "mf"):
+        assert differences[cell][column] == diffs[cell], cell
+    if metric == "test/auc":
+        assert differences["-x"][column].endswith("(p=<0.001*)")
+    if metric == "test/uauc":
+        assert differences["-y"][column].endswith("*)") and "<0.001" not in differences["-y"][column]
+    if metric == "test_warm/auc":
+        assert results["-y"][1 + column].endswith("(n=2)")
+
+
+def test_run_selection_costs_and_footer(report) -> None:
+    markdown, _ = report
+    results = _rows(markdown, "Results")
+    assert [results[c][0] for c in SEEDS] == ["0,1,2", "0,1,2", "0,1,2", "0,1"]    # dedupe, FAILED, superseded
+    assert [results[c][-2] for c in SEEDS] == ["1,000", "900", "1,100", "n/a"]
+    assert [results[c][-1] for c in SEEDS] == ["20.0", "20.0", "20.0", "15.0"]      # mean of 10 (s+1) seconds
+    assert "gone" not in markdown                                                   # RUNNING runs never count
+    assert "A toy &lt;ablation&gt;." in markdown
+    assert "fingerprint `abc123`" in markdown and "rating >= 4 is positive" in markdown
+    assert "Commit: `deadbeef`" in markdown and "Backbone: `smollm2-135m`" in markdown
+    assert "python ablations/run.py --spec toy\npython ablations/report.py --spec toy\n" in markdown
+    assert "No published numbers for ml100k" in markdown
+
+
+def test_same_runs_same_bytes(store: str, report, tmp_path: Path) -> None:
+    markdown, first = report
+    again = tmp_path / "again" / "toy.md"
+    write_report(store, "toy", "quick", again, PUBLISHED, "python ablations/report.py --spec toy")
+    assert again.read_bytes() == first.read_bytes()
+    assert again.with_suffix(".png").read_bytes() == first.with_suffix(".png").read_bytes()
+    assert first.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_published_numbers_beside_ours_where_the_dataset_matches(store: str, tmp_path: Path) -> None:
+    out = tmp_path / "toy1m.md"
+    write_report(store, "toy1m", "quick", out, PUBLISHED, "python ablations/report.py --spec toy1m")
+    markdown = out.read_text(encoding="utf-8")
+    intervals, _ = _expected("test/auc")
+    row = next(line for line in markdown.splitlines() if line.startswith("| ml1m | MF | `collm-v3-table2`"))
+    assert row.split(" | ")[3:7] == ["0.6482", "0.6361", "`mf`", intervals["mf"]]
+    assert "amazon-book" not in markdown.split("## Published numbers", 1)[1].split("## How", 1)[0]
+    assert "arxiv.org/html/2310.19488v3" in markdown
+
+
+def test_missing_ablation_and_bad_registry(store: str, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"no ablation 'nope' on profile 'quick' in sqlite:///.*; run `python "):
+        write_report(store, "nope", "quick", tmp_path / "x.md", PUBLISHED, "cmd")
+    with pytest.raises(DataError, match=r"MLflow store sqlite:///.*missing.db does not exist"):
+        write_report(f"sqlite:///{tmp_path / 'missing.db'}", "toy", "quick", tmp_path / "x.md", PUBLISHED, "cmd")
+    bad = tmp_path / "published.yaml"
+    bad.write_text("sources: {a: {citation: x}}\nresults: [{source: b, dataset: ml1m, method: MF, auc: 1, uauc: 1}]\n")
+    with pytest.raises(ConfigError, match=r"results\[0\] must have keys .* and cite a source listed"):
+        load_published(bad)
+    assert not (tmp_path / "x.md").exists()
+
+
+def test_pipeline_metrics_sum_every_stage() -> None:
+    metrics = {"final": "stage3", "cache": {"stage1": "hit", "stage2": "hit", "stage3": "miss"},
+               "stage1": {"seconds": 1.5}, "stage2": {"seconds": 2.25},
+               "stage3": {"test": {"auc": 0.7, "uauc": 0.6}, "test_cold": {"auc": math.nan}, "seconds": 4.0,
+                          "trainable_params": 12}}
+    flat = pipeline_metrics(metrics)
+    assert flat["compute_seconds"] == 7.75 and flat["stage_seconds/stage2"] == 2.25
+    assert flat["test/auc"] == 0.7 and math.isnan(flat["test_cold/auc"]) and flat["trainable_params"] == 12
+    assert (flat["cache/stage1"], flat["cache/stage3"]) == (1.0, 0.0) and "valid/auc" not in flat
+
+
+def test_resume_bookkeeping_skips_finished_and_supersedes_stale(store: str) -> None:
+    from sellarec.ablation.expansion import expand_cells, expand_jobs
+    from sellarec.ablation.runner import _sync_children
+    from sellarec.ablation.spec import parse_spec
+    from sellarec.ablation.tracking import client_for, ensure_experiment, start_parent
+
+    spec = parse_spec({"profile": "tiny", "components": {"a": {"set": {"stage3.lr": 0.5}}}}, "sync")
+    jobs = expand_jobs(expand_cells(spec), (0, 1))
+    key = {(j.cell.name, j.seed): j.run_key for j in jobs}
+    client = client_for(store)
+    exp = ensure_experiment(client, "ablations")
+    parent = start_parent(client, exp, "sync", "tiny", {"command": "c"})
+    assert start_parent(client, exp, "sync", "tiny", {"command": "c2"}) == parent          # resumed, not new
+    made = {}
+    for cell, seed, run_key, status, extra in [("full", 0, key["full", 0], "FINISHED", {"superseded": "true"}),
+                                               ("full", 1, "old-key", "FINISHED", {}),
+                                               ("gone", 0, "k", "FINISHED", {}),
+                                               ("-a", 0, key["-a", 0], "RUNNING", {}),
+                                               ("-a", 1, key["-a", 1], "FAILED", {})]:
+        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "cell": cell, "seed": str(seed),
+                                           "run_key": run_key, **extra})
+        if status != "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+        made[cell, seed] = run.info.run_id
+    pending = _sync_children(client, exp, parent, jobs)
+    assert [(j.cell.name, j.seed) for j in pending] == [("full", 1), ("-a", 0), ("-a", 1)]
+    tags = {k: client.get_run(r).data.tags.get("superseded") for k, r in made.items()}
+    assert tags == {("full", 0): None, ("full", 1): "true", ("gone", 0): "true", ("-a", 0): None, ("-a", 1): None}
+    assert client.get_run(made["-a", 0]).info.status == "KILLED"
+    assert client.get_run(parent).data.tags["command"] == "c2"
