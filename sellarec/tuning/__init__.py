@@ -1,7 +1,8 @@
 """Hyperparameter search: Ray Tune trials of the whole pipeline, sampled by Optuna, tracked in MLflow.
 
 Ray, Optuna and MLflow are imported only inside this package (and lazily), so the pipeline and the command line
-work without them. Entry point: ``tune/search.py`` (:func:`search`); library use: :func:`sellarec.tuning.sweep.run_sweep`.
+work without them. Entry point: ``tune/search.py`` (:func:`search`); library use:
+:func:`sellarec.tuning.sweep.run_sweep`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ class SearchArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage dump) and exit code 2, like ``python -m sellarec``."""
 
     def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message (see --help)`` on one line and exit with code 2."""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

@@ -61,9 +61,11 @@ def rows_from_results(results: Any, keys: list[str]) -> list[TrialRow]:
     return rows
 
 
-def train_command(profile: str | None, preset: str | None, overrides: list[str], params: dict[str, Any]) -> str:
+def train_command(profile: str | None, preset: str | None, config_file: str | None, overrides: list[str],
+                  params: dict[str, Any]) -> str:
     """The ``python -m sellarec train`` command that trains one configuration of the sweep."""
     parts = ["python -m sellarec train", f"--profile {profile}"] + ([f"--preset {preset}"] if preset else [])
+    parts += [f"--config {config_file}"] if config_file else []
     parts += [f"--set '{o}'" for o in overrides]
     for key, value in params.items():
         if isinstance(value, (list, tuple)):
@@ -189,7 +191,8 @@ def _plot(path: Path, rows: list[TrialRow], metric: str, mode: str,
                   color="tab:green", label="best so far")
     left.set(xlabel="trial (in start order)", ylabel=metric, title=f"{metric} per trial")
     left.xaxis.get_major_locator().set_params(integer=True)
-    left.legend(loc="best", fontsize=8)
+    if left.get_legend_handles_labels()[0]:
+        left.legend(loc="best", fontsize=8)
     ok = {m: v for m, v in importances.items() if isinstance(v, dict) and v}
     if ok:
         params = sorted({k for v in ok.values() for k in v})

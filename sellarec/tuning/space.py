@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,7 @@ class ParamSpec:
 
     def values_to_check(self) -> list[Any]:
         """Representative values for validation against the config: every choice, or both bounds."""
-        values = list(self.choices) if self.kind == "choice" else [self.low, self.high]
-        return values + ([self.otherwise] if self.has_otherwise else [])
+        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
 
     def active(self, chosen: dict[str, Any]) -> bool:
         """Whether the condition holds for the values chosen so far (keyed by dotted path)."""
@@ -160,18 +160,84 @@ class SearchSpace:
                 chosen[spec.key] = spec.otherwise
         return chosen
 
-    def validate(self, cfg: SellaConfig) -> None:
-        """Check every parameter's values against the configuration; a bad one is a one-line ConfigError.
+    def related(self, key: str) -> set[str]:
+        """``key`` and every parameter linked to it through ``when`` conditions, in either direction."""
+        group, changed = {key}, True
+        while changed:
+            changed = False
+            for spec in self.params:
+                linked = {k for k, _ in spec.when}
+                if spec.key not in group and linked & group or spec.key in group and not linked <= group:
+                    group |= linked | {spec.key}
+                    changed = True
+        return group
+
+    def validate(self, cfg: SellaConfig, draws: int = 64) -> None:
+        """Check the space against the configuration before any trial runs.
+
+        Each value of each parameter must give a valid configuration in some context of the parameters it is
+        linked to by ``when`` (random draws with that value forced); then random draws of the whole space must all
+        be valid, so two unlinked parameters cannot clash (``projector_init=warmup`` with a ``linear`` projector
+        needs a ``when``).
 
         Raises:
-            ConfigError: ``space <file>: params.<key>: <what the config says>``.
+            ConfigError: ``space <file>: params.<key>: <what the config says>`` or, for a clash, the entries the
+                config's message names.
         """
+        rng = random.Random(0)
         for spec in self.params:
+            group = self.related(spec.key)
             for value in spec.values_to_check():
-                try:
-                    apply_overrides(cfg, {spec.key: value})
-                except ConfigError as exc:
-                    raise ConfigError(f"space {self.path.name}: params.{spec.key}: {exc}") from None
+                error = None
+                for _ in range(draws):
+                    drawn = self(_ProbeTrial(rng, {spec.key: value}))
+                    if spec.key not in drawn:   # inactive in this draw
+                        continue
+                    try:
+                        apply_overrides(cfg, {k: v for k, v in drawn.items() if k in group})
+                        error = None
+                        break
+                    except ConfigError as exc:
+                        error = exc
+                else:
+                    if error is None:   # never active: check the value on its own
+                        try:
+                            apply_overrides(cfg, {spec.key: value})
+                        except ConfigError as exc:
+                            error = exc
+                if error is not None:
+                    raise ConfigError(f"space {self.path.name}: params.{spec.key}: {error}") from None
+        for _ in range(draws):
+            drawn = self(_ProbeTrial(rng, {}))
+            try:
+                apply_overrides(cfg, drawn)
+            except ConfigError as exc:
+                named = [k for k in drawn if k in str(exc)] or list(drawn)
+                raise ConfigError(f"space {self.path.name}: params {', '.join(named)} can be sampled together as "
+                                  f"{', '.join(f'{k}={label(drawn[k])}' for k in named)}, which fails: {exc}; "
+                                  "make one conditional on the other with when:") from None
+
+
+class _ProbeTrial:
+    """A stand-in for an Optuna trial that draws at random (bounds included) and can force chosen values."""
+
+    def __init__(self, rng: random.Random, forced: dict[str, Any]) -> None:
+        self.rng, self.forced = rng, forced
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        return label(self.forced[name]) if name in self.forced else self.rng.choice(choices)
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        if name in self.forced:
+            return self.forced[name]
+        return self.rng.choice([low, high, low + step * self.rng.randint(0, (high - low) // step)])
+
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None,
+                      log: bool = False) -> float:
+        if name in self.forced:
+            return self.forced[name]
+        inner = math.exp(self.rng.uniform(math.log(low), math.log(high))) if log else self.rng.uniform(low, high)
+        return self.rng.choice([low, high, inner])
 
 
 # --------------------------------------------------------------------------------------------------- parsing

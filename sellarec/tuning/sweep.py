@@ -77,7 +77,8 @@ class SweepOptions:
         overrides: ``key=value`` overrides of the base configuration (``--set``).
         num_samples: trials (default: the space's).
         sampler: 'tpe', 'gp' or 'random' (default: the space's).
-        scheduler: 'asha' (early stopping on stage-3 evaluations) or 'fifo'.
+        scheduler: 'asha' (stops weak trials at stage-3 evaluations; when ``stage3.eval_every_steps`` is unset it
+            becomes half of stage 3, so there is one rung at the midpoint) or 'fifo' (every trial runs to the end).
         metric: 'valid/auc' or 'valid/uauc' (default: the space's).
         seed: sampler seed (default: the space's).
         cpus_per_trial: CPUs Ray reserves per trial (fractions allowed).
@@ -88,7 +89,8 @@ class SweepOptions:
         storage: Tune storage: a path or a URI (default ``<repo>/runs/sweeps``); shared when ``address`` is set.
         tracking_uri: MLflow tracking URI (default ``sqlite:///<repo>/mlflow/mlflow.db``).
         address: join this Ray cluster instead of starting one.
-        resume: finish the interrupted sweep ``name``.
+        resume: finish the interrupted sweep ``name`` found in ``storage``; everything else comes from its
+            ``sweep.json`` (only ``address`` may change).
         report_dir: folder of ``<name>.md`` and ``<name>.png`` (default ``<repo>/docs/sweeps``; the sweep's folder
             for smoke tests).
         top_k: rows of the top-k table.
@@ -157,6 +159,7 @@ class _Plan:
     space_name: str
     profile: str | None
     preset: str | None
+    config_file: str | None
     overrides: list[str]
     num_samples: int
     sampler: str
@@ -213,15 +216,20 @@ def _check_options(o: SweepOptions) -> None:
         raise ConfigError(f"--name={o.name!r} may only use letters, digits, '.', '_' and '-'")
     if o.resume and o.name is None:
         raise ConfigError("--resume needs --name NAME (the sweep to finish; see the folders in the storage)")
-    if o.address is not None:
-        if o.storage is None:
-            raise ConfigError("--address needs --storage PATH|URI on storage every node can reach (NFS path or "
-                              "s3://...); see docs/distributed.md")
-        from sellarec.tuning.tracking import is_local_store
+    if o.address is not None and o.storage is None:
+        raise ConfigError("--address needs --storage PATH|URI on storage every node can reach (NFS path or "
+                          "s3://...); see docs/distributed.md")
+    if o.address is not None and not o.resume:   # a resumed sweep keeps its tracking URI: checked in run_sweep
+        _check_shared_tracking(o.tracking_uri)
 
-        if o.tracking_uri is None or is_local_store(o.tracking_uri):
-            raise ConfigError(f"--address needs --tracking-uri of a server every node can reach (http://host:port),"
-                              f" not {o.tracking_uri or 'the local sqlite default'}; see docs/distributed.md")
+
+def _check_shared_tracking(uri: str | None) -> None:
+    """With --address the tracking store must be a server, not a file only this machine sees."""
+    from sellarec.tuning.tracking import is_local_store
+
+    if uri is None or is_local_store(uri):
+        raise ConfigError(f"--address needs --tracking-uri of a server every node can reach (http://host:port), "
+                          f"not {uri or 'the local sqlite default'}; see docs/distributed.md")
 
 
 def _default_gpus(o: SweepOptions) -> float:
@@ -264,14 +272,18 @@ def _check_cluster(gpus: float, cpus: float) -> None:
 # --------------------------------------------------------------------------------------------------- planning
 
 
-def _stage3_eval_cadence(cfg: SellaConfig, scheduler: str) -> tuple[SellaConfig, int]:
-    """ASHA needs several stage-3 evaluations: without one set, evaluate at the midpoint and at the end."""
+def _stage3_eval_cadence(cfg: SellaConfig, scheduler: str) -> tuple[list[str], int]:
+    """ASHA needs several stage-3 evaluations: without one set, evaluate at the midpoint and at the end.
+
+    Returns:
+        the override that sets it (empty if none is needed) and stage 3's number of optimizer steps.
+    """
     from sellarec.tuning.trainable import stage3_steps
 
     steps = stage3_steps(cfg)
     if scheduler == "asha" and cfg.stage3.eval_every_steps == 0 and steps >= 2:
-        cfg = apply_overrides(cfg, {"stage3.eval_every_steps": math.ceil(steps / 2)})
-    return cfg, steps
+        return [f"stage3.eval_every_steps={math.ceil(steps / 2)}"], steps
+    return [], steps
 
 
 def _storage(o: SweepOptions) -> str:
@@ -305,7 +317,8 @@ def _new_plan(o: SweepOptions) -> tuple[_Plan, SearchSpace]:
     if o.scheduler == "asha" and metric != metric_key("valid", "auc"):
         raise ConfigError(f"--scheduler asha needs --metric {metric_key('valid', 'auc')} (the only metric of the "
                           f"intermediate stage-3 evaluations); use --scheduler fifo for {metric}")
-    cfg, steps = _stage3_eval_cadence(cfg, o.scheduler)
+    cadence, steps = _stage3_eval_cadence(cfg, o.scheduler)
+    cfg = apply_overrides(cfg, cadence) if cadence else cfg
     num_samples = o.num_samples or space.num_samples
     if o.smoke_test:
         num_samples = min(num_samples, SMOKE_SAMPLES)
@@ -322,7 +335,8 @@ def _new_plan(o: SweepOptions) -> tuple[_Plan, SearchSpace]:
     n_startup = space.sampler.n_startup_trials
     return _Plan(
         name=name, storage=storage, folder=str(folder), space_path=str(space.path), space_name=space.name,
-        profile=profile, preset=o.preset, overrides=list(o.overrides), num_samples=num_samples,
+        profile=profile, preset=o.preset, overrides=[*o.overrides, *cadence], num_samples=num_samples,
+        config_file=str(Path(o.config_file).resolve()) if o.config_file else None,
         sampler=o.sampler or space.sampler.kind, seed=space.sampler.seed if o.seed is None else o.seed,
         n_startup_trials=n_startup if n_startup is not None else min(10, max(1, num_samples // 2)),
         scheduler=o.scheduler, metric=metric, mode=space.mode, cpus_per_trial=float(o.cpus_per_trial),
@@ -376,11 +390,15 @@ def _tuner(plan: _Plan, space: SearchSpace, callback: Any) -> Any:
     every = base_cfg.stage3.eval_every_steps or plan.stage3_steps
     scheduler = (ASHAScheduler(time_attr=STEP_KEY, max_t=max(1, plan.stage3_steps), grace_period=max(1, every),
                                reduction_factor=2) if plan.scheduler == "asha" else FIFOScheduler())
+    # Reusing a worker saves its imports (~4 s a trial on 2 cores), but only where a trial's thread has surely
+    # ended: an ASHA-stopped trial computes on until its next report, and Tune would fail the next trial given
+    # that worker; on a GPU a fresh process per trial also returns all of its memory.
+    reuse = plan.scheduler == "fifo" and plan.gpus_per_trial <= 0
     return tune.Tuner(
         _trainable(plan),
         tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent,
-                                    trial_dirname_creator=trial_dirname, reuse_actors=False),
+                                    trial_dirname_creator=trial_dirname, reuse_actors=reuse),
         run_config=tune.RunConfig(name=plan.name, storage_path=plan.storage, callbacks=[callback, ProgressPrinter()],
                                   verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=plan.max_failures)),
@@ -395,33 +413,40 @@ def _resume_command(plan: _Plan, address: str | None) -> str:
     return cmd + (f" --address {address}" if address else "")
 
 
+def _report_lines(plan: _Plan, counts: dict[str, int], seconds: float) -> tuple[list[str], list[str]]:
+    """The report's header (what was run) and footer (where to look further) bullets."""
+    done = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    header = [f"space `{plan.space_name}` ({plan.space_path}), profile `{plan.profile}`, preset "
+              f"`{plan.preset or 'none'}`, overrides `{' '.join(plan.overrides) or 'none'}`",
+              f"sampler {plan.sampler} (seed {plan.seed}), scheduler {plan.scheduler}, metric {plan.metric} "
+              f"({plan.mode}), {plan.cpus_per_trial:g} CPU and {max(0.0, plan.gpus_per_trial):g} GPU per trial",
+              f"{sum(counts.values())} trials: {done}; wall time of the last run {seconds / 60:.1f} min",
+              f"git commit `{plan.git_commit}`, started {plan.created}"]
+    footer = [f"MLflow: parent run `{plan.parent_run_id}` in experiment `search-{plan.space_name}` of "
+              f"`{plan.tracking_uri}`; open the UI with `mlflow/ui.sh` (see mlflow/README.md)",
+              f"Optuna study `{plan.name}`: `optuna-dashboard {_study_url(plan)}`",
+              f"Tune experiment: `{plan.storage}/{plan.name}`; resume or re-report with "
+              f"`{_resume_command(plan, None)}`"]
+    return header, footer
+
+
 def _finish(plan: _Plan, space: SearchSpace, results: Any, tracker: Any, seconds: float) -> SweepOutcome:
-    """Rank, print the top-k table, write the report and close the parent run."""
+    """Rank, print the top-k table and the best configuration, write the report and log it to the parent run."""
     from sellarec.tuning.report import (format_table, param_importances, rank_rows, rows_from_results,
                                          train_command, write_report)
 
     rows = rank_rows(rows_from_results(results, space.keys), plan.metric, plan.mode)
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "stopped", "failed", "unfinished")}
     best = next((r for r in rows if r.status == "finished"), None)
+    command = train_command(plan.profile, plan.preset, plan.config_file, plan.overrides, best.params if best else {})
     print(f"\nsweep {plan.name}: {len(rows)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}) "
           f"in {seconds / 60:.1f} min")
     print(format_table(rows[:plan.top_k], space.keys, plan.metric, markdown=False))
-    command = train_command(plan.profile, plan.preset, plan.overrides, best.params if best else {})
     if best is not None:
-        print(f"\nbest: trial {best.trial_id}, {plan.metric} = {best.metrics.get(plan.metric):.4f}; train it with:\n"
+        print(f"\nbest: trial {best.trial_id}, {plan.metric} = {best.metrics[plan.metric]:.4f}; train it with:\n"
               f"{command}")
     importances = param_importances(_study_url(plan), plan.name)
-    header = [f"space `{plan.space_name}` ({plan.space_path}), profile `{plan.profile}`, preset "
-              f"`{plan.preset or 'none'}`, overrides `{' '.join(plan.overrides) or 'none'}`",
-              f"sampler {plan.sampler} (seed {plan.seed}), scheduler {plan.scheduler}, metric {plan.metric} "
-              f"({plan.mode}), {plan.cpus_per_trial:g} CPU and {max(0.0, plan.gpus_per_trial):g} GPU per trial",
-              f"{len(rows)} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-              + f"; wall time of the last run {seconds / 60:.1f} min", f"git commit `{plan.git_commit}`, started "
-              f"{plan.created}"]
-    footer = [f"MLflow: parent run `{plan.parent_run_id}` in experiment `search-{plan.space_name}` of "
-              f"`{plan.tracking_uri}`; open the UI with `mlflow/ui.sh` (see mlflow/README.md)",
-              f"Optuna study `{plan.name}`: `optuna-dashboard {_study_url(plan)}`",
-              f"Tune experiment: `{plan.storage}/{plan.name}`"]
+    header, footer = _report_lines(plan, counts, seconds)
     md = Path(plan.report_dir) / f"{plan.name}.md"
     png = write_report(md, rows, space.keys, plan.metric, plan.mode, importances, header, command, footer,
                        plan.top_k)
@@ -430,9 +455,8 @@ def _finish(plan: _Plan, space: SearchSpace, results: Any, tracker: Any, seconds
     (Path(plan.folder) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     for path in (md, png):
         tracker.log_artifact(plan.parent_run_id, path)
-    if best is not None:
-        tracker.log_metrics(plan.parent_run_id, {f"best/{plan.metric}": float(best.metrics[plan.metric])}, 0)
-    tracker.log_metrics(plan.parent_run_id, {f"trials/{k}": float(v) for k, v in counts.items()}, 0)
+    best_metric = {f"best/{plan.metric}": float(best.metrics[plan.metric])} if best else {}
+    tracker.log_metrics(plan.parent_run_id, {**best_metric, **{f"trials/{k}": float(v) for k, v in counts.items()}}, 0)
     print(f"\nreport: {md}\nplot: {png}\nMLflow parent run: {plan.parent_run_id} ({plan.tracking_uri})")
     return SweepOutcome(plan.name, Path(plan.folder), rows=rows, best_params=best.params if best else {},
                         report=md, parent_run_id=plan.parent_run_id, seconds=seconds)
@@ -469,8 +493,9 @@ def _start_ray(address: str | None) -> bool:
         return False
     try:
         # Trial output stays in the trial's log files; the driver prints one line per trial event (ProgressPrinter).
-        kwargs = {"include_dashboard": False, "log_to_driver": False}
-        ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
+        # Without --address always a new local Ray: a bare ray.init() would join whatever cluster the last
+        # `ray start` on this machine recorded in /tmp/ray/ray_current_cluster (even a stopped one).
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
     except ConnectionError as exc:
         raise ResourceError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}; start it with "
                             "'ray start --head' or check --address") from None
@@ -489,6 +514,8 @@ def run_sweep(options: SweepOptions) -> SweepOutcome:
     _check_options(options)
     if options.resume:
         plan = _resume_plan(options)
+        if options.address is not None:
+            _check_shared_tracking(plan.tracking_uri)
         _check_local_gpu(plan.gpus_per_trial, options.address)
         space = load_space(plan.space_path)
     else:
@@ -516,7 +543,7 @@ def run_sweep(options: SweepOptions) -> SweepOutcome:
 def _run(plan: _Plan, space: SearchSpace, tracker: Any, options: SweepOptions, logger_cls: Any) -> SweepOutcome:
     from ray import tune
 
-    from sellarec.tuning.tracking import FAILED, KILLED
+    from sellarec.tuning.tracking import FAILED, FINISHED, KILLED
 
     print(f"sweep {plan.name}: space {plan.space_name}, {plan.num_samples} trials, sampler {plan.sampler}, "
           f"scheduler {plan.scheduler}, {plan.cpus_per_trial:g} CPU / {plan.gpus_per_trial:g} GPU per trial\n"
@@ -525,27 +552,28 @@ def _run(plan: _Plan, space: SearchSpace, tracker: Any, options: SweepOptions, l
     resume = _resume_command(plan, options.address)
     start = time.perf_counter()
     try:
-        if options.resume:
-            tuner = tune.Tuner.restore(f"{plan.storage}/{plan.name}", trainable=_trainable(plan),
-                                       resume_unfinished=True, resume_errored=True)
-        else:
+        path = f"{plan.storage}/{plan.name}"
+        if options.resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable=_trainable(plan), resume_unfinished=True,
+                                       resume_errored=True)
+        else:   # a new sweep, or one interrupted before Tune saved anything: start it under the same name
             logger = logger_cls(tracker, plan.parent_run_id, plan.name, plan.base,
                                 {"space": plan.space_name, "profile": str(plan.profile), "preset": str(plan.preset)})
             tuner = _tuner(plan, space, logger)
         results = tuner.fit()
     except KeyboardInterrupt:   # a second Ctrl-C while Tune was saving
-        tracker.close_children(plan.name, KILLED)
+        tracker.close_children(plan.parent_run_id, KILLED)
         tracker.end(plan.parent_run_id, KILLED)
         print(f"\nsweep {plan.name} interrupted; resume with:\n  {resume}", file=sys.stderr)
         return SweepOutcome(plan.name, Path(plan.folder), interrupted=True, resume_command=resume,
                             parent_run_id=plan.parent_run_id, seconds=time.perf_counter() - start)
     except BaseException:
-        tracker.close_children(plan.name, KILLED)
+        tracker.close_children(plan.parent_run_id, KILLED)
         tracker.end(plan.parent_run_id, FAILED)
         raise
     seconds = time.perf_counter() - start
     if results.num_terminated + results.num_errors < plan.num_samples:   # Ctrl-C: Tune saved and returned
-        tracker.close_children(plan.name, KILLED)
+        tracker.close_children(plan.parent_run_id, KILLED)
         tracker.end(plan.parent_run_id, KILLED)
         print(f"\nsweep {plan.name} interrupted after {results.num_terminated} finished trials; resume with:\n"
               f"  {resume}", file=sys.stderr)
@@ -554,10 +582,11 @@ def _run(plan: _Plan, space: SearchSpace, tracker: Any, options: SweepOptions, l
     try:
         outcome = _finish(plan, space, results, tracker, seconds)
     except BaseException:
+        tracker.close_children(plan.parent_run_id, KILLED)
         tracker.end(plan.parent_run_id, FAILED)
         raise
-    tracker.close_children(plan.name, KILLED)   # none expected; never leave a run RUNNING
-    tracker.end(plan.parent_run_id, "FINISHED")
+    tracker.close_children(plan.parent_run_id, KILLED)   # none expected; never leave a run RUNNING
+    tracker.end(plan.parent_run_id, FINISHED)
     return outcome
 
 

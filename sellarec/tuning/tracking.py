@@ -121,10 +121,10 @@ class SweepTracker:
         """End a run with FINISHED, KILLED or FAILED."""
         self.client.set_terminated(run_id, status)
 
-    def find_child(self, sweep: str, trial_id: str) -> str | None:
+    def find_child(self, parent_id: str, trial_id: str) -> str | None:
         """The run already recorded for this trial of this sweep, if any (resume dedupe)."""
         runs = self.client.search_runs([self.experiment_id], max_results=1,
-                                       filter_string=f"tags.sweep = '{sweep}' and tags.trial_id = '{trial_id}'")
+                                       filter_string=f"tags.sweep_run = '{parent_id}' and tags.trial_id = '{trial_id}'")
         return runs[0].info.run_id if runs else None
 
     def start_child(self, parent_id: str, sweep: str, trial_id: str, trial_name: str, params: dict[str, Any],
@@ -132,8 +132,8 @@ class SweepTracker:
         """Create a trial's child run with its searched params and resolved config (``config.yaml`` artifact)."""
         run = self.client.create_run(
             self.experiment_id, run_name=trial_name,
-            tags={"mlflow.parentRunId": parent_id, "sweep": sweep, "kind": "trial", "trial_id": trial_id,
-                  "trial_name": trial_name, **tags})
+            tags={"mlflow.parentRunId": parent_id, "sweep_run": parent_id, "sweep": sweep, "kind": "trial",
+                  "trial_id": trial_id, "trial_name": trial_name, **tags})
         self._log_params(run.info.run_id, params)
         self.client.log_text(run.info.run_id, config_yaml, "config.yaml")
         return run.info.run_id
@@ -152,14 +152,14 @@ class SweepTracker:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
 
-    def children(self, sweep: str) -> list[Any]:
-        """Every trial run of a sweep."""
+    def children(self, parent_id: str) -> list[Any]:
+        """Every trial run of the sweep whose parent run is ``parent_id``."""
         return self.client.search_runs([self.experiment_id], max_results=10_000,
-                                       filter_string=f"tags.sweep = '{sweep}' and tags.kind = 'trial'")
+                                       filter_string=f"tags.sweep_run = '{parent_id}' and tags.kind = 'trial'")
 
-    def close_children(self, sweep: str, status: str) -> int:
-        """End every trial run of ``sweep`` still RUNNING with ``status``; returns how many."""
-        open_runs = [r for r in self.children(sweep) if r.info.status == RUNNING]
+    def close_children(self, parent_id: str, status: str) -> int:
+        """End every trial run of the sweep still RUNNING with ``status``; returns how many."""
+        open_runs = [r for r in self.children(parent_id) if r.info.status == RUNNING]
         for run in open_runs:
             self.end(run.info.run_id, status)
         return len(open_runs)
@@ -212,7 +212,7 @@ class TrialLogger(tune.Callback):
         self._runs: dict[str, str] = {}
 
     def _run_of(self, trial: Any) -> str:
-        run_id = self._runs.get(trial.trial_id) or self.tracker.find_child(self.sweep, trial.trial_id)
+        run_id = self._runs.get(trial.trial_id) or self.tracker.find_child(self.parent_run_id, trial.trial_id)
         if run_id is None:
             params = dict(trial.config)
             resolved = apply_overrides(from_dict(self.base), params)
@@ -223,11 +223,13 @@ class TrialLogger(tune.Callback):
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Create (or, on resume or retry, reopen) the trial's run."""
-        fresh = trial.trial_id not in self._runs and self.tracker.find_child(self.sweep, trial.trial_id) is None
-        run_id = self._run_of(trial)
-        if not fresh:
-            self.tracker.reopen(run_id)
+        """Create the trial's run, or reopen it (a retry, or a trial resumed after Ctrl-C)."""
+        known = self._runs.get(trial.trial_id) or self.tracker.find_child(self.parent_run_id, trial.trial_id)
+        if known is None:
+            self._run_of(trial)
+        else:
+            self._runs[trial.trial_id] = known
+            self.tracker.reopen(known)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Log the reported numbers at the stage-3 step."""
@@ -254,7 +256,6 @@ class TrialLogger(tune.Callback):
         self.tracker.end(run_id, FAILED)
 
 
-
 class ProgressPrinter(tune.Callback):
     """One terminal line per trial event (Tune's own tables are switched off with ``verbose=0``)."""
 
@@ -270,7 +271,8 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Print the trial's parameters."""
-        params = ", ".join(f"{k.split('.', 1)[-1]}={label(v)}" for k, v in sorted(trial.config.items()))
+        params = ", ".join(f"{k.replace('stage', 's', 1)}={v:.3g}" if isinstance(v, float) else
+                           f"{k.replace('stage', 's', 1)}={label(v)}" for k, v in trial.config.items())
         self._say(trial, f"started: {params}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -282,7 +284,7 @@ class ProgressPrinter(tune.Callback):
                              f"test/auc {result.get('test/auc', math.nan):.4f} "
                              f"({result.get('trial_seconds', math.nan):.0f} s)")
         else:
-            self._say(trial, f"stopped early at stage-3 step {result.get(STEP_KEY, '?'):g}: valid/auc {auc:.4f}")
+            self._say(trial, f"stopped early at stage-3 step {result.get(STEP_KEY, math.nan):g}: valid/auc {auc:.4f}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Print a failure that will be retried."""

@@ -112,6 +112,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], intermediate: bool
     last_step = stage3_steps(cfg) if intermediate else 0
 
     def report(metrics: dict[str, float], step: int) -> None:
+        """``on_eval``: a stage-3 validation pass before the last one becomes an ASHA rung."""
         auc = metrics.get("stage3/valid_auc")
         if auc is None or step >= last_step:   # a stage-1 pass, or stage 3's last one
             return
