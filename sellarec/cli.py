@@ -11,21 +11,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import yaml
 
+from sellarec.arguments import ArgumentParser, exit_code
 from sellarec.config import SellaConfig, apply_overrides, list_presets, list_profiles, load_config, to_dict
 from sellarec.errors import SellarecError
 
 __all__ = ["main", "build_parser"]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _add_config_args(parser: argparse.ArgumentParser, default_profile: str | None) -> None:
@@ -164,11 +157,11 @@ def _cmd_config_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sellarec`` argument parser."""
-    parser = _Parser(prog="sellarec", description="SeLLa-Rec training, search and ablation platform")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = ArgumentParser(prog="sellarec", description="SeLLa-Rec training, search and ablation platform")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True,
-                                                                            parser_class=_Parser)
+                                                                            parser_class=ArgumentParser)
     stats = data.add_parser("stats", help="rows, users, items, positive rate and warm/cold rows per split")
     stats.add_argument("--dataset", default=None, help="ml100k (embedded), ml1m, amazon-book or csv")
     stats.add_argument("--data-dir", default=None, help="raw data folder (ml1m, amazon-book) or file (csv)")
@@ -197,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=_cmd_compare)
 
     cache = commands.add_parser("cache", help="the shared stage cache").add_subparsers(dest="action", required=True,
-                                                                                       parser_class=_Parser)
+                                                                                       parser_class=ArgumentParser)
     cache_ls = cache.add_parser("ls", help="list stage artifacts")
     cache_clear = cache.add_parser("clear", help="delete stage artifacts")
     cache_clear.add_argument("--yes", action="store_true", help="confirm the deletion")
@@ -207,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=_cmd_cache)
 
     config = commands.add_parser("config", help="configuration tools").add_subparsers(dest="action", required=True,
-                                                                                       parser_class=_Parser)
+                                                                                       parser_class=ArgumentParser)
     show = config.add_parser("show", help="print the resolved configuration as YAML")
     _add_config_args(show, default_profile="quick")
     show.set_defaults(func=_cmd_config_show)
@@ -218,11 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except SellarecError as exc:
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ the Optuna study runs/sweeps/<name>/optuna.db (optuna-dashboard sqlite:///...). 
 
 import sys
 
-from sellarec.tuning import SearchArgumentParser, search
+from sellarec.arguments import ArgumentParser
+from sellarec.tuning import search
 
-p = SearchArgumentParser(prog="tune/search.py", description=__doc__.splitlines()[0])
+p = ArgumentParser(prog="tune/search.py", description=__doc__.splitlines()[0])
 p.add_argument("--space", default="projector", help="projector, tokens, lora, full, or a YAML path")
 p.add_argument("--profile", default=None, help="size profile (default quick; tiny with --smoke-test)")
 p.add_argument("--preset", default=None, help="method preset (sella, collm, ...)")

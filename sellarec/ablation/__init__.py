@@ -1,7 +1,8 @@
 """Declarative ablations: specs (YAML) -> cells x seeds -> Ray Tune runs tracked in MLflow -> reports in docs/.
 
-``spec`` and ``expansion`` need neither Ray nor MLflow (a bad spec fails in a second); ``runner`` (Ray, MLflow) and
-``report`` (MLflow, matplotlib) are imported when first used.
+``spec`` and ``expansion`` need neither Ray nor MLflow (a bad spec fails in a second); ``runner`` (Ray, MLflow),
+``report`` (MLflow, matplotlib) and the script commands are imported when first used. Resource checks, Ray start-up
+and the MLflow store helpers are the sweeps' (:mod:`sellarec.tuning.resources`, :mod:`sellarec.tuning.tracking`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from typing import Any
 
 from sellarec.ablation.expansion import expand_cells, expand_jobs
 from sellarec.ablation.spec import AblationSpec, Cell, Job, load_spec
+from sellarec.tuning.resources import Resources
 
 __all__ = ["AblationSpec", "Cell", "Job", "load_spec", "expand_cells", "expand_jobs", "run_ablation", "Resources",
-           "write_report"]
+           "write_report", "run_command", "report_command"]
 
-_LAZY = {"run_ablation": "sellarec.ablation.runner", "Resources": "sellarec.ablation.runner",
-         "write_report": "sellarec.ablation.report"}
+_LAZY = {"run_ablation": "sellarec.ablation.runner", "write_report": "sellarec.ablation.report",
+         "run_command": "sellarec.ablation.commands", "report_command": "sellarec.ablation.commands"}
 
 
 def __getattr__(name: str) -> Any:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from sellarec.ablation.tracking import EXPERIMENT, child_runs, find_parent
 from sellarec.errors import DataError
+from sellarec.tuning.tracking import client_for
 
 __all__ = ["Study", "FOOTER_PARAMS", "FOOTER_TAGS", "load_study"]
 
@@ -55,13 +56,11 @@ def _record(run: Any) -> dict[str, Any]:
     return record
 
 
-def _client(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-
+def _client(tracking_uri: str) -> Any:
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
         raise DataError(f"MLflow store {tracking_uri} does not exist; run ablations/run.py first or pass "
                         "--tracking-uri")
-    return MlflowClient(tracking_uri=tracking_uri)
+    return client_for(tracking_uri)
 
 
 def load_study(tracking_uri: str, ablation: str, profile: str, experiment: str = EXPERIMENT) -> Study:

@@ -17,81 +17,20 @@ from typing import TYPE_CHECKING
 
 from sellarec.ablation.expansion import expand_cells, expand_jobs
 from sellarec.ablation.spec import AblationSpec, Job
-from sellarec.ablation.tracking import (EXPERIMENT, child_runs, client_for, ensure_experiment, label_rule,
-                                        start_parent)
+from sellarec.ablation.tracking import EXPERIMENT, child_runs, label_rule, start_parent
 from sellarec.config import RuntimeConfig, apply_overrides, to_dict
-from sellarec.errors import ConfigError, ResourceError
+from sellarec.errors import ConfigError
 from sellarec.runtime import cache_root
+from sellarec.tuning.resources import Resources, start_ray
+from sellarec.tuning.tracking import (FAILED, FINISHED, KILLED, client_for, close_running, ensure_experiment,
+                                      git_commit)
 
 if TYPE_CHECKING:
     from sellarec.ablation.trial import JobPayload
 
-__all__ = ["Resources", "RunSummary", "run_ablation", "plan_jobs"]
+__all__ = ["RunSummary", "run_ablation", "plan_jobs"]
 
 log = logging.getLogger(__name__)
-_REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What each trial asks of Ray, and where Ray runs (the options and defaults of ``tune/search.py``).
-
-    Attributes:
-        cpus_per_trial: CPUs per trial (also its torch threads, at least 1).
-        gpus_per_trial: GPUs per trial (a fraction shares a card); None: 0.25 when CUDA (or, with ``address``,
-            the cluster) has a GPU, else 0.
-        max_concurrent: most trials at once (None: as many as the resources allow).
-        address: an existing Ray cluster (``auto``, ``host:port``, ``ray://host:port``); None starts a private
-            local one (never an existing ``ray start`` cluster found by Ray's auto-detection).
-    """
-
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
-    max_concurrent: int | None = None
-    address: str | None = None
-
-    def plan_gpus(self) -> float | None:
-        """Check the options before Ray starts; the GPU fraction per trial, or None to ask the cluster.
-
-        Raises:
-            ConfigError: an impossible value.
-            ResourceError: GPUs requested on a machine without CUDA and no ``address`` (Ray would wait forever).
-        """
-        gpus = self.gpus_per_trial
-        if not self.cpus_per_trial > 0:
-            raise ConfigError(f"--cpus-per-trial={self.cpus_per_trial} must be > 0")
-        if gpus is not None and (gpus < 0 or (gpus > 1 and gpus != int(gpus))):
-            raise ConfigError(f"--gpus-per-trial={gpus} must be a fraction in [0, 1] or a whole number")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ConfigError(f"--max-concurrent={self.max_concurrent} must be >= 1")
-        if self.address is not None and gpus is None:
-            return None
-        import torch
-
-        if gpus is None:
-            return 0.25 if torch.cuda.is_available() else 0.0
-        if gpus > 0 and self.address is None and not torch.cuda.is_available():
-            raise ResourceError(f"--gpus-per-trial={gpus:g} but this machine has no CUDA GPU; pass "
-                                "--gpus-per-trial 0, or --address of a Ray cluster with GPUs")
-        return float(gpus)
-
-    def cluster_gpus(self, planned: float | None) -> float:
-        """The GPU fraction per trial once Ray runs, checked against ``ray.cluster_resources()``.
-
-        Raises:
-            ResourceError: the cluster has fewer GPUs or CPUs than one trial asks for.
-        """
-        import ray
-
-        have = ray.cluster_resources()
-        gpus = planned if planned is not None else (0.25 if have.get("GPU", 0.0) > 0 else 0.0)
-        if gpus > have.get("GPU", 0.0):
-            raise ResourceError(f"each trial asks for {gpus:g} GPU but the Ray cluster has {have.get('GPU', 0.0):g};"
-                                " pass --gpus-per-trial 0 or connect to a cluster with GPUs")
-        if self.cpus_per_trial > have.get("CPU", 0.0):
-            raise ResourceError(f"each trial asks for {self.cpus_per_trial:g} CPUs but the Ray cluster has "
-                                f"{have.get('CPU', 0.0):g}; lower --cpus-per-trial")
-        return gpus
 
 
 @dataclass
@@ -157,19 +96,19 @@ def _sync_children(client, experiment_id: str, parent_id: str, jobs: list[Job]) 
     """Tag children that the current spec no longer asks for ``superseded``; return the jobs still to run."""
     wanted = {(j.cell.name, str(j.seed)): j.run_key for j in jobs}
     done = set()
-    for run in child_runs(client, experiment_id, parent_id):
-        tags, status = run.data.tags, run.info.status
+    runs = child_runs(client, experiment_id, parent_id)
+    close_running(client, runs, KILLED)   # left by a driver that was stopped; their jobs run again now
+    for run in runs:
+        tags = run.data.tags
         ident = (tags.get("cell"), tags.get("seed"))
-        current = wanted.get(ident) == tags.get("run_key")
-        if status == "FINISHED":
-            if current:
-                done.add((*ident, tags.get("run_key")))
-                if "superseded" in tags:
-                    client.delete_tag(run.info.run_id, "superseded")
-            elif tags.get("superseded") != "true":
-                client.set_tag(run.info.run_id, "superseded", "true")
-        elif status == "RUNNING":   # left by a driver that was stopped; its job runs again now
-            client.set_terminated(run.info.run_id, "KILLED")
+        if run.info.status != FINISHED:
+            continue
+        if wanted.get(ident) == tags.get("run_key"):
+            done.add((*ident, tags.get("run_key")))
+            if "superseded" in tags:
+                client.delete_tag(run.info.run_id, "superseded")
+        elif tags.get("superseded") != "true":
+            client.set_tag(run.info.run_id, "superseded", "true")
     return [j for j in jobs if (j.cell.name, str(j.seed), j.run_key) not in done]
 
 
@@ -195,7 +134,8 @@ def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, 
 
     Raises:
         ConfigError: a bad spec, override or option (before anything is written).
-        ResourceError: GPUs requested where there are none (before Ray starts, or right after connecting).
+        ResourceError: GPUs requested where there are none (before Ray starts, or right after connecting), or a
+            cluster at ``resources.address`` that cannot be joined.
     """
     profile = profile or spec.profile
     jobs = plan_jobs(spec, profile=profile, seeds=seeds, overrides=overrides, max_cells=max_cells)
@@ -203,10 +143,7 @@ def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, 
     fingerprints = _fingerprints(jobs)
     storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
     cache = cache_root(RuntimeConfig(cache_dir=str(cache_dir) if cache_dir else None))
-    from sellarec.tuning.tracking import git_commit   # the sweeps' helper (imports Ray)
-
-    commit = git_commit(_REPO)
-
+    commit = git_commit()
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, experiment, artifact_location)
     parent_id = start_parent(client, experiment_id, spec.name, profile,
@@ -225,8 +162,8 @@ def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, 
             _fit(f"{spec.name}-{profile}", payloads, resources, gpus, storage, tracking_uri, experiment_id,
                  parent_id, summary)
     finally:
-        client.set_terminated(parent_id, "FAILED" if summary.failures or summary.ran + summary.skipped < len(jobs)
-                              else "FINISHED")
+        client.set_terminated(parent_id, FAILED if summary.failures or summary.ran + summary.skipped < len(jobs)
+                              else FINISHED)
     return summary
 
 
@@ -238,12 +175,7 @@ def _fit(name: str, payloads: dict[str, JobPayload], resources: Resources, plann
 
     from sellarec.ablation.trial import MlflowRunsCallback, run_job, trial_dirname
 
-    started = not ray.is_initialized()
-    if started:
-        # "local": without it, ray.init() joins whatever cluster /tmp/ray/ray_current_cluster names (any `ray start`
-        # on this machine, even another user's), and the trials hang when that cluster goes away.
-        ray.init(address=resources.address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+    started = start_ray(resources.address, logging_level=logging.WARNING)
     try:
         gpus = resources.cluster_gpus(planned_gpus)
         callback = MlflowRunsCallback(tracking_uri, experiment_id, parent_id, payloads)

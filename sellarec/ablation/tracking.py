@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from sellarec.config import SellaConfig, to_flat_dict
-from sellarec.metrics import metric_key
+from sellarec.tuning.tracking import RUNNING, latest_run, log_values, search_runs
+from sellarec.tuning.trainable import cache_flags, split_metrics
 
-__all__ = ["EXPERIMENT", "PARENT_ROLE", "SPLITS", "METRIC_NAMES", "default_tracking_uri", "client_for",
-           "ensure_experiment", "find_parent", "start_parent", "child_runs", "create_child", "log_values",
-           "pipeline_metrics", "label_rule"]
+__all__ = ["EXPERIMENT", "PARENT_ROLE", "SPLITS", "METRIC_NAMES", "find_parent", "start_parent", "child_runs",
+           "create_child", "pipeline_metrics", "label_rule"]
 
 EXPERIMENT = "ablations"
 PARENT_ROLE = "parent"
@@ -31,50 +30,9 @@ METRIC_NAMES = ("auc", "uauc", "uauc_users", "rows", "auc_ci_low", "auc_ci_high"
 _STAGES = ("stage1", "stage2", "stage3")
 
 
-def default_tracking_uri(root: Path) -> str:
-    """``sqlite:///<root>/mlflow/mlflow.db`` (MLflow 3 refuses the file store; STACK.md §5)."""
-    return f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}"
-
-
-def client_for(tracking_uri: str):
-    """An ``MlflowClient`` on ``tracking_uri``; a sqlite file's folder is created first."""
-    from mlflow.tracking import MlflowClient
-
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def ensure_experiment(client: Any, name: str, artifact_location: str | None = None) -> str:
-    """Id of experiment ``name``, created (in the driver, before any trial) when missing.
-
-    Without ``artifact_location``, a sqlite store keeps artifacts in ``artifacts/`` beside its database file
-    (MLflow's default is ``./mlruns`` under whatever the current folder is).
-    """
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    uri = client.tracking_uri
-    if artifact_location is None and uri.startswith("sqlite:///"):
-        artifact_location = str(Path(uri[len("sqlite:///"):]).parent / "artifacts")
-    return client.create_experiment(name, artifact_location=artifact_location)
-
-
-def _search(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def find_parent(client: Any, experiment_id: str, ablation: str, profile: str) -> Any | None:
     """The latest parent run of ``ablation`` on ``profile`` (by start time, then run id), or None."""
-    runs = _search(client, experiment_id, f"tags.ablation = '{ablation}' and tags.profile = '{profile}' "
-                                          f"and tags.role = '{PARENT_ROLE}'")
-    return max(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id), default=None)
+    return latest_run(client, experiment_id, {"ablation": ablation, "profile": profile, "role": PARENT_ROLE})
 
 
 def start_parent(client: Any, experiment_id: str, ablation: str, profile: str, tags: Mapping[str, str]) -> str:
@@ -86,35 +44,14 @@ def start_parent(client: Any, experiment_id: str, ablation: str, profile: str, t
         run_id = run.info.run_id
     else:
         run_id = parent.info.run_id
-        client.update_run(run_id, status="RUNNING")
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+        client.update_run(run_id, status=RUNNING)
+    log_values(client, run_id, tags=tags)
     return run_id
 
 
 def child_runs(client: Any, experiment_id: str, parent_id: str) -> list[Any]:
     """Every child run of ``parent_id``, any status."""
-    return _search(client, experiment_id, f"tags.mlflow.parentRunId = '{parent_id}'")
-
-
-def _text(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-def log_values(client: Any, run_id: str, *, params: Mapping[str, Any] | None = None,
-               metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None) -> None:
-    """Log params, metrics and tags in batches (MLflow takes at most 100 params or tags per batch)."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    items = [Param(k, _text(v)) for k, v in sorted((params or {}).items())]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start:start + 100])
-    tag_items = [RunTag(k, str(v)) for k, v in sorted((tags or {}).items())]
-    for start in range(0, len(tag_items), 100):
-        client.log_batch(run_id, tags=tag_items[start:start + 100])
-    metric_items = [Metric(k, float(v), 0, 0) for k, v in sorted((metrics or {}).items())]
-    for start in range(0, len(metric_items), 1000):
-        client.log_batch(run_id, metrics=metric_items[start:start + 1000])
+    return search_runs(client, experiment_id, {"mlflow.parentRunId": parent_id})
 
 
 def create_child(client: Any, experiment_id: str, parent_id: str, cfg: SellaConfig, tags: Mapping[str, str]) -> str:
@@ -135,19 +72,14 @@ def pipeline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         ``cache/<stage>`` (1 hit, 0 miss).
     """
     final = metrics[metrics["final"]]
-    flat: dict[str, float] = {}
-    for split in SPLITS:
-        for name in METRIC_NAMES:
-            value = final.get(split, {}).get(name)
-            if value is not None:
-                flat[metric_key(split, name)] = float(value)
+    flat = split_metrics(final, SPLITS, METRIC_NAMES)
     if "trainable_params" in final:
         flat["trainable_params"] = float(final["trainable_params"])
     seconds = {s: float(metrics[s]["seconds"]) for s in _STAGES if isinstance(metrics.get(s), dict)
                and "seconds" in metrics[s]}
     flat["compute_seconds"] = math.fsum(seconds.values())
     flat.update({f"stage_seconds/{s}": v for s, v in seconds.items()})
-    flat.update({f"cache/{s}": float(state == "hit") for s, state in metrics.get("cache", {}).items()})
+    flat.update(cache_flags(metrics))
     return flat
 
 

@@ -15,8 +15,10 @@ from typing import Any
 
 from ray import tune
 
-from sellarec.ablation.tracking import client_for, create_child, log_values, pipeline_metrics
+from sellarec.ablation.tracking import create_child, pipeline_metrics
 from sellarec.config import from_dict
+from sellarec.tuning.resources import cap_gpu_memory, trial_gpu_fraction
+from sellarec.tuning.tracking import FAILED, FINISHED, client_for, log_values
 
 __all__ = ["ERROR_KEY", "JobPayload", "job_id", "trial_dirname", "run_job", "MlflowRunsCallback"]
 
@@ -47,16 +49,6 @@ def trial_dirname(trial: Any) -> str:
     return f"{trial.config['job']}_{trial.trial_id}"
 
 
-def _cap_gpu_memory() -> None:
-    """Ray's GPU fractions are logical only: keep this trial within its share of the card's memory."""
-    fraction = float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0))
-    if fraction > 0:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(min(1.0, fraction), 0)   # Ray maps the trial's GPU to cuda:0
-
-
 def run_job(config: dict[str, Any], configs: dict[str, dict[str, Any]]) -> None:
     """Tune function trainable: run one job's pipeline and report its flat metrics once.
 
@@ -70,7 +62,7 @@ def run_job(config: dict[str, Any], configs: dict[str, dict[str, Any]]) -> None:
     from sellarec.pipeline import run_pipeline
 
     cfg = from_dict(configs[config["job"]])
-    _cap_gpu_memory()
+    cap_gpu_memory(trial_gpu_fraction())
     start = time.perf_counter()
     try:
         result = run_pipeline(cfg, Path(tune.get_context().get_trial_dir()) / "run")
@@ -130,7 +122,7 @@ class MlflowRunsCallback(tune.Callback):
         if run_id is None:
             return
         log_values(self.client, run_id, metrics=_numbers(trial.last_result or {}))
-        self.client.set_terminated(run_id, "FINISHED")
+        self.client.set_terminated(run_id, FINISHED)
         self.finished += 1
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -139,4 +131,4 @@ class MlflowRunsCallback(tune.Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
             log_values(self.client, run_id, tags={"error": error[:5000]})
-            self.client.set_terminated(run_id, "FAILED")
+            self.client.set_terminated(run_id, FAILED)

@@ -2,28 +2,21 @@
 
 Ray, Optuna and MLflow are imported only inside this package (and lazily), so the pipeline and the command line
 work without them. Entry point: ``tune/search.py`` (:func:`search`); library use:
-:func:`sellarec.tuning.sweep.run_sweep`.
+:func:`sellarec.tuning.sweep.run_sweep`. ``resources`` (what a trial asks of Ray, starting Ray) and ``tracking``
+(MLflow store helpers) load without Ray and serve :mod:`sellarec.ablation` too.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
 
-__all__ = ["SearchArgumentParser", "search"]
-
-
-class SearchArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) and exit code 2, like ``python -m sellarec``."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print ``prog: error: message (see --help)`` on one line and exit with code 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+__all__ = ["search"]
 
 
 def search(args: argparse.Namespace) -> int:
     """Run the sweep described by ``tune/search.py``'s arguments; returns the exit code (0, 2 bad input, 130
     interrupted). Ray and friends are imported here, so ``--help`` and option errors stay instant."""
-    from sellarec.tuning.sweep import main, options_from_args
+    from sellarec.tuning.plan import options_from_args
+    from sellarec.tuning.sweep import main
 
     return main(options_from_args(args))

@@ -4,20 +4,22 @@ A trial's parameters are dotted config overrides; the trainable applies them to 
 runs :func:`sellarec.pipeline.run_pipeline` in the trial folder and reports through ``ray.tune.report`` only: one
 report per stage-3 validation pass (the ASHA rungs; stage-1 passes are never reported, so the scheduler never
 compares a stage-1 AUC with a stage-3 one) and a final report with the selected model's metrics. MLflow is written
-by the driver (:mod:`sellarec.tuning.tracking`), never from here.
+by the driver (:mod:`sellarec.tuning.callbacks`), never from here.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sellarec.config import SellaConfig, apply_overrides, from_dict
 from sellarec.metrics import metric_key
 
-__all__ = ["train_trial", "final_metrics", "stage3_steps", "STEP_KEY", "COMPLETE_KEY", "trial_dirname"]
+__all__ = ["train_trial", "final_metrics", "split_metrics", "cache_flags", "stage3_steps", "STEP_KEY",
+           "COMPLETE_KEY", "trial_dirname"]
 
 STEP_KEY = "stage3/step"          # ASHA's time attribute: the stage-3 optimizer step of the evaluation
 COMPLETE_KEY = "trial/complete"   # present (1) only in the final report: the pipeline ran to the end
@@ -29,6 +31,18 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def split_metrics(stage: Mapping[str, Any], splits: Iterable[str], names: Iterable[str]) -> dict[str, float]:
+    """``{split}/{name}`` numbers (:func:`~sellarec.metrics.metric_key`) of one stage's metrics, where present."""
+    names = tuple(names)
+    return {metric_key(split, name): float(stage[split][name]) for split in splits for name in names
+            if stage.get(split, {}).get(name) is not None}
+
+
+def cache_flags(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``cache/<stage>``: 1 when the stage came from the cache, 0 when it was computed."""
+    return {f"cache/{stage}": 1.0 if state == "hit" else 0.0 for stage, state in metrics.get("cache", {}).items()}
+
+
 def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Flat numbers for Tune and MLflow from ``PipelineResult.metrics`` (stage 3 is the final model).
 
@@ -37,20 +51,14 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         (stage-3 seconds), ``stage3/step`` and ``cache/<stage>`` (1 hit, 0 miss) plus ``cache_hits``.
     """
     stage3 = metrics[metrics["final"]]
-    flat: dict[str, float] = {}
-    for split in _FINAL_SPLITS:
-        for name in ("auc", "uauc"):
-            value = stage3.get(split, {}).get(name)
-            if value is not None:
-                flat[metric_key(split, name)] = float(value)
+    flat = split_metrics(stage3, _FINAL_SPLITS, ("auc", "uauc"))
     for name in ("trainable_params", "seconds"):
         if name in stage3:
             flat[name] = float(stage3[name])
     flat[STEP_KEY] = float(stage3.get("steps", 0))
-    cache = metrics.get("cache", {})
-    for stage, state in cache.items():
-        flat[f"cache/{stage}"] = 1.0 if state == "hit" else 0.0
-    flat["cache_hits"] = float(sum(state == "hit" for state in cache.values()))
+    flags = cache_flags(metrics)
+    flat.update(flags)
+    flat["cache_hits"] = float(sum(flags.values()))
     return flat
 
 
@@ -66,22 +74,6 @@ def stage3_steps(cfg: SellaConfig) -> int:
     rows = len(load_dataset(cfg.data, cache_root(cfg.runtime)).split("train"))
     examples = min(rows, s3.max_train_samples) if s3.max_train_samples is not None else rows
     return s3.epochs * math.ceil(math.ceil(examples / s3.batch_size) / s3.grad_accum)
-
-
-def _trial_gpu_fraction() -> float:
-    from ray import tune
-
-    resources = tune.get_context().get_trial_resources()
-    return float(resources.required_resources.get("GPU", 0.0))
-
-
-def _cap_gpu_memory(fraction: float) -> None:
-    """Ray's GPU fractions are logical only: keep this process within its share of the card's memory."""
-    import torch
-
-    if fraction > 0 and torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(min(1.0, fraction), 0)   # Ray maps the assigned GPU to cuda:0
-        torch.cuda.reset_peak_memory_stats(0)
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any], intermediate: bool = True) -> None:
@@ -101,10 +93,11 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], intermediate: bool
     from ray import tune
 
     from sellarec.pipeline import run_pipeline
+    from sellarec.tuning.resources import cap_gpu_memory, trial_gpu_fraction
 
     torch.set_num_threads(1)   # two threads on two busy cores is 3-40x slower (STACK.md §7)
-    fraction = _trial_gpu_fraction()
-    _cap_gpu_memory(fraction)
+    fraction = trial_gpu_fraction()
+    cap_gpu_memory(fraction)
     cfg = apply_overrides(from_dict(base), dict(config))
     start = time.perf_counter()
     # The last pass is reported by the final report: reported here, ASHA would stop the trial at max_t before

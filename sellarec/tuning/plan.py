@@ -1,0 +1,258 @@
+"""A sweep's options, their checks and its resolved plan (``sweep.json``): everything decided before Ray starts.
+
+Every check that can fail on bad input runs here, before Ray starts or MLflow is written (one-line
+``SellarecError``, exit code 2). The plan is stored so that ``--resume`` needs only the sweep's name and storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sellarec.config import SellaConfig, apply_overrides, load_config, to_dict
+from sellarec.errors import ConfigError
+from sellarec.metrics import metric_key
+from sellarec.tuning.resources import check_request, check_shared_storage, check_shared_tracking, default_gpus
+from sellarec.tuning.space import METRICS, SAMPLERS, SearchSpace, load_space, repo_root
+from sellarec.tuning.tracking import default_tracking_uri
+
+__all__ = ["SweepOptions", "SweepPlan", "SCHEDULERS", "SMOKE_SAMPLES", "META", "check_options", "new_plan",
+           "resume_plan", "options_from_args", "study_url", "resume_command"]
+
+SCHEDULERS = ("asha", "fifo")
+SMOKE_SAMPLES = 4
+META = "sweep.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """Everything ``tune/search.py`` accepts (None = the space's or the machine's default).
+
+    Attributes:
+        space: space name (``tune/spaces/<name>.yaml``) or a YAML path.
+        profile: size profile of the base configuration.
+        preset: method preset.
+        config_file: YAML file with config sections, applied after profile and preset.
+        overrides: ``key=value`` overrides of the base configuration (``--set``).
+        num_samples: trials (default: the space's).
+        sampler: 'tpe', 'gp' or 'random' (default: the space's).
+        scheduler: 'asha' (stops weak trials at stage-3 evaluations; when ``stage3.eval_every_steps`` is unset it
+            becomes half of stage 3, so there is one rung at the midpoint) or 'fifo' (every trial runs to the end).
+        metric: 'valid/auc' or 'valid/uauc' (default: the space's).
+        seed: sampler seed (default: the space's).
+        cpus_per_trial: CPUs Ray reserves per trial (fractions allowed).
+        gpus_per_trial: GPU fraction per trial (default 0.25 when a GPU is present, else 0).
+        max_concurrent: cap on trials running at once (default: as many as resources allow).
+        max_failures: retries of a trial that raised.
+        name: sweep name (default ``<space>-<date>-<time>``); with ``resume`` the sweep to finish.
+        storage: Tune storage: a path or a URI (default ``<repo>/runs/sweeps``); shared when ``address`` is set.
+        tracking_uri: MLflow tracking URI (default ``sqlite:///<repo>/mlflow/mlflow.db``).
+        address: join this Ray cluster instead of starting one.
+        resume: finish the interrupted sweep ``name`` found in ``storage``; everything else comes from its
+            ``sweep.json`` (only ``address`` may change).
+        report_dir: folder of ``<name>.md`` and ``<name>.png`` (default ``<repo>/docs/sweeps``; the sweep's folder
+            for smoke tests).
+        top_k: rows of the top-k table.
+        smoke_test: tiny profile and at most 4 trials (a quick end-to-end check).
+    """
+
+    space: str = "projector"
+    profile: str | None = None
+    preset: str | None = None
+    config_file: str | None = None
+    overrides: tuple[str, ...] = ()
+    num_samples: int | None = None
+    sampler: str | None = None
+    scheduler: str = "asha"
+    metric: str | None = None
+    seed: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    name: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    address: str | None = None
+    resume: bool = False
+    report_dir: str | None = None
+    top_k: int = 5
+    smoke_test: bool = False
+
+
+@dataclass
+class SweepPlan:
+    """The resolved sweep, stored as ``sweep.json`` so that ``--resume`` needs only the name and storage.
+
+    ``gpus_per_trial`` is None until Ray runs when the cluster decides it (``--address`` without a request); the
+    stored file always holds the number.
+    """
+
+    name: str
+    storage: str
+    folder: str
+    space_path: str
+    space_name: str
+    profile: str | None
+    preset: str | None
+    config_file: str | None
+    overrides: list[str]
+    num_samples: int
+    sampler: str
+    seed: int
+    n_startup_trials: int
+    scheduler: str
+    metric: str
+    mode: str
+    cpus_per_trial: float
+    gpus_per_trial: float | None
+    max_concurrent: int | None
+    max_failures: int
+    tracking_uri: str
+    report_dir: str
+    top_k: int
+    smoke_test: bool
+    stage3_steps: int
+    base: dict[str, Any]
+    parent_run_id: str = ""
+    git_commit: str = ""
+    created: str = ""
+
+
+
+def _is_uri(text: str) -> bool:
+    return "://" in text
+
+
+def check_options(o: SweepOptions) -> None:
+    """Values that are wrong whatever the space: one-line ConfigError naming the option."""
+    if o.num_samples is not None and o.num_samples < 1:
+        raise ConfigError(f"--num-samples={o.num_samples} must be >= 1")
+    if o.sampler is not None and o.sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler={o.sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if o.scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler={o.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    if o.metric is not None and o.metric not in METRICS:
+        raise ConfigError(f"--metric={o.metric!r} is not one of {', '.join(METRICS)} (model selection never "
+                          "uses test metrics)")
+    check_request(o.cpus_per_trial, o.gpus_per_trial, o.max_concurrent)
+    if o.max_failures < 0:
+        raise ConfigError(f"--max-failures={o.max_failures} must be >= 0")
+    if o.top_k < 1:
+        raise ConfigError(f"--top-k={o.top_k} must be >= 1")
+    if o.name is not None and not _NAME.match(o.name):
+        raise ConfigError(f"--name={o.name!r} may only use letters, digits, '.', '_' and '-'")
+    if o.resume and o.name is None:
+        raise ConfigError("--resume needs --name NAME (the sweep to finish; see the folders in the storage)")
+    if o.address is not None:
+        check_shared_storage(o.storage)
+        if not o.resume:   # a resumed sweep keeps its tracking URI: checked in run_sweep
+            check_shared_tracking(o.tracking_uri)
+
+
+def _stage3_eval_cadence(cfg: SellaConfig, scheduler: str) -> tuple[list[str], int]:
+    """ASHA needs several stage-3 evaluations: without one set, evaluate at the midpoint and at the end.
+
+    Returns:
+        the override that sets it (empty if none is needed) and stage 3's number of optimizer steps.
+    """
+    from sellarec.tuning.trainable import stage3_steps
+
+    steps = stage3_steps(cfg)
+    if scheduler == "asha" and cfg.stage3.eval_every_steps == 0 and steps >= 2:
+        return [f"stage3.eval_every_steps={math.ceil(steps / 2)}"], steps
+    return [], steps
+
+
+def _storage(o: SweepOptions) -> str:
+    if o.storage is None:
+        return str(repo_root() / "runs" / "sweeps")
+    return o.storage if _is_uri(o.storage) else str(Path(o.storage).expanduser().resolve())
+
+
+def _folder(storage: str, name: str) -> Path:
+    """The sweep's local folder: inside the storage when it is a path, else under ``<repo>/runs/sweeps``."""
+    base = Path(storage) if not _is_uri(storage) else repo_root() / "runs" / "sweeps"
+    return base / name
+
+
+def resume_plan(o: SweepOptions) -> SweepPlan:
+    """The stored plan of the sweep ``o.name`` in ``o.storage``.
+
+    Raises:
+        ConfigError: no such sweep.
+    """
+    storage = _storage(o)
+    meta = _folder(storage, o.name) / META
+    if not meta.is_file():
+        raise ConfigError(f"no sweep '{o.name}' to resume in {_folder(storage, o.name).parent} ({META} missing); "
+                          "check --name and --storage")
+    return SweepPlan(**json.loads(meta.read_text()))
+
+
+def new_plan(o: SweepOptions) -> tuple[SweepPlan, SearchSpace]:
+    """Resolve a new sweep: space, base configuration, sampler, scheduler, name and folders.
+
+    Raises:
+        ConfigError: a bad space, configuration or option combination, or a name already taken.
+    """
+    space = load_space(o.space)
+    profile = "tiny" if o.smoke_test else (o.profile or "quick")
+    overrides = [*o.overrides, "runtime.progress=false"]
+    cfg = load_config(profile, o.preset, overrides, o.config_file)
+    space.validate(cfg)
+    metric = o.metric or space.metric
+    if o.scheduler == "asha" and metric != metric_key("valid", "auc"):
+        raise ConfigError(f"--scheduler asha needs --metric {metric_key('valid', 'auc')} (the only metric of the "
+                          f"intermediate stage-3 evaluations); use --scheduler fifo for {metric}")
+    cadence, steps = _stage3_eval_cadence(cfg, o.scheduler)
+    cfg = apply_overrides(cfg, cadence) if cadence else cfg
+    num_samples = o.num_samples or space.num_samples
+    if o.smoke_test:
+        num_samples = min(num_samples, SMOKE_SAMPLES)
+    name = o.name or f"{space.name}-{'smoke-' if o.smoke_test else ''}{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = _storage(o)
+    folder = _folder(storage, name)
+    if folder.exists():
+        raise ConfigError(f"sweep '{name}' already exists in {folder.parent}; pass --resume to finish it or choose "
+                          "another --name")
+    report_dir = (folder if o.smoke_test else repo_root() / "docs" / "sweeps") if o.report_dir is None \
+        else Path(o.report_dir).expanduser().resolve()
+    n_startup = space.sampler.n_startup_trials
+    return SweepPlan(
+        name=name, storage=storage, folder=str(folder), space_path=str(space.path), space_name=space.name,
+        profile=profile, preset=o.preset, overrides=[*o.overrides, *cadence], num_samples=num_samples,
+        config_file=str(Path(o.config_file).resolve()) if o.config_file else None,
+        sampler=o.sampler or space.sampler.kind, seed=space.sampler.seed if o.seed is None else o.seed,
+        n_startup_trials=n_startup if n_startup is not None else min(10, max(1, num_samples // 2)),
+        scheduler=o.scheduler, metric=metric, mode=space.mode, cpus_per_trial=float(o.cpus_per_trial),
+        gpus_per_trial=default_gpus(o.gpus_per_trial, o.address), max_concurrent=o.max_concurrent,
+        max_failures=o.max_failures,
+        tracking_uri=o.tracking_uri or default_tracking_uri(), report_dir=str(report_dir), top_k=o.top_k,
+        smoke_test=o.smoke_test, stage3_steps=steps, base=to_dict(cfg), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    ), space
+
+
+def study_url(plan: SweepPlan) -> str:
+    """The Optuna study's storage: ``sqlite:///<sweep folder>/optuna.db``."""
+    return f"sqlite:///{Path(plan.folder) / 'optuna.db'}"
+
+
+def resume_command(plan: SweepPlan, address: str | None) -> str:
+    """The command that finishes (or re-reports) the sweep."""
+    cmd = f"python tune/search.py --resume --name {plan.name} --storage {plan.storage}"
+    return cmd + (f" --address {address}" if address else "")
+
+
+def options_from_args(args: argparse.Namespace) -> SweepOptions:
+    """:class:`SweepOptions` from the parsed arguments of ``tune/search.py`` (same names)."""
+    values = {k: v for k, v in vars(args).items() if k in SweepOptions.__dataclass_fields__}
+    values["overrides"] = tuple(values.get("overrides") or ())
+    return replace(SweepOptions(), **values)
