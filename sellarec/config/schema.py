@@ -29,6 +29,18 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
         raise FieldError(f"{key}={value!r} {why}")
 
 
+def _check_training_loop(cfg: Any) -> None:
+    """Checks shared by the two LLM training stages (their loop settings have the same names)."""
+    _check(cfg.lr > 0, "lr", cfg.lr, "must be > 0")
+    _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "must be >= 1")
+    _check(cfg.grad_accum >= 1, "grad_accum", cfg.grad_accum, "must be >= 1")
+    _check(cfg.epochs >= 1, "epochs", cfg.epochs, "must be >= 1")
+    _check(cfg.max_train_samples is None or cfg.max_train_samples >= 1, "max_train_samples",
+           cfg.max_train_samples, "must be >= 1 or null (all)")
+    _check(cfg.grad_clip > 0, "grad_clip", cfg.grad_clip, "must be > 0")
+    _check(cfg.eval_every_steps >= 0, "eval_every_steps", cfg.eval_every_steps, "must be >= 0")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """Which interactions, how they are split and how prompts see them (METHOD.md §1).
@@ -165,15 +177,8 @@ class Stage1Config:
     eval_every_steps: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "lr", self.lr, "must be > 0")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
-        _check(self.grad_accum >= 1, "grad_accum", self.grad_accum, "must be >= 1")
-        _check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
-        _check(self.max_train_samples is None or self.max_train_samples >= 1, "max_train_samples",
-               self.max_train_samples, "must be >= 1 or null (all)")
-        _check(self.grad_clip > 0, "grad_clip", self.grad_clip, "must be > 0")
-        _check(self.eval_every_steps >= 0, "eval_every_steps", self.eval_every_steps, "must be >= 0")
+        _check_training_loop(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -325,14 +330,7 @@ class Stage3Config:
     def __post_init__(self) -> None:
         _check(len(set(self.tokens)) == len(self.tokens), "tokens", list(self.tokens),
                "must not repeat a token")
-        _check(self.lr > 0, "lr", self.lr, "must be > 0")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
-        _check(self.grad_accum >= 1, "grad_accum", self.grad_accum, "must be >= 1")
-        _check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
-        _check(self.max_train_samples is None or self.max_train_samples >= 1, "max_train_samples",
-               self.max_train_samples, "must be >= 1 or null (all)")
-        _check(self.grad_clip > 0, "grad_clip", self.grad_clip, "must be > 0")
-        _check(self.eval_every_steps >= 0, "eval_every_steps", self.eval_every_steps, "must be >= 0")
+        _check_training_loop(self)
 
 
 @dataclass(frozen=True, kw_only=True)
