@@ -137,25 +137,29 @@ class _Run:
         return self.backbone
 
 
-def _stage1(run: _Run, folder: Path | None, scratch: Path | None, on_eval: OnEval | None) -> dict:
-    """Compute stage 1 into ``scratch`` (returns meta), or load it from ``folder`` into ``run.model``."""
+def _load_stage1(run: _Run, folder: Path) -> None:
+    """Wrap the backbone with the cached stage-1 adapter (frozen) as ``run.model``."""
     from sellarec.models.lora import attach_lora, load_adapter_state
+
+    run.model = attach_lora(run.load_backbone().model, run.cfg.stage1.lora, trainable=False)
+    load_adapter_state(run.model, load_file(str(folder / "adapter.safetensors")))
+    run.model.eval()
+
+
+def _stage1(run: _Run, scratch: Path, on_eval: OnEval | None) -> dict:
+    """Train stage 1 into ``scratch``; leaves the trained model in ``run.model``; returns the meta."""
     from sellarec.stages import stage1
 
     cfg = run.cfg
     backbone = run.load_backbone()
-    if folder is not None:
-        run.model = attach_lora(backbone.model, cfg.stage1.lora, trainable=False)
-        load_adapter_state(run.model, load_file(str(folder / "adapter.safetensors")))
-        run.model.eval()
-        return {}
     seed_everything(cfg.runtime.seed + 1)
     out = stage1.run(cfg.stage1, cfg.eval, run.ds, backbone, valid_rows=run.valid_rows, test_rows=run.test_rows,
                      max_length=cfg.backbone.max_length, seed=cfg.runtime.seed + 1, progress=cfg.runtime.progress,
                      on_eval=on_eval)
     run.model = out.model
     metrics = {**nest_metrics(out.metrics), "trainable_params": sum(v.numel() for v in out.adapter.values()),
-               "steps": out.steps, "train_samples": out.train_samples, "truncated_prompts": out.truncated, "seconds": round(out.seconds, 2), "history": out.history}
+               "steps": out.steps, "train_samples": out.train_samples, "truncated_prompts": out.truncated,
+               "seconds": round(out.seconds, 2), "history": out.history}
     _save(scratch, {"adapter": out.adapter}, metrics)
     return {"config": to_dict(cfg.stage1), "seconds": metrics["seconds"]}
 
@@ -254,8 +258,7 @@ def run_pipeline(cfg: SellaConfig, out_dir: Path, *, on_eval: OnEval | None = No
         return folder
 
     if needs["stage1"]:
-        stage("stage1", lambda scratch: _stage1(run, None, scratch, on_eval),
-              lambda folder: _stage1(run, folder, None, None))
+        stage("stage1", lambda scratch: _stage1(run, scratch, on_eval), lambda folder: _load_stage1(run, folder))
     if "stage2" in keys:
         folder2 = stage("stage2", lambda scratch: _stage2(run, scratch, needs["semantic"]), None)
     if needs["stage3"]:
