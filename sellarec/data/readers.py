@@ -11,7 +11,6 @@ import ast
 import gzip
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from importlib import resources, util
 from pathlib import Path
 
@@ -220,7 +219,3 @@ def _read_csv(cfg: DataConfig) -> pd.DataFrame:
     frame["split"] = split_by_time_fraction(frame, cfg.valid_fraction, cfg.test_fraction)
     return frame
 
-
-def utc_date(ts: int) -> str:
-    """ISO date of a unix timestamp (for documentation and stats)."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).date().isoformat()

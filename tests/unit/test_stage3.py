@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sellarec.config import (CollabProjectorConfig, DataConfig, EvalConfig, LoraConfig, SemanticProjectorConfig,
-                             Stage2Config, Stage3Config)
+                             Stage3Config)
 from sellarec.data import load_dataset
 from sellarec.data.batches import build_examples, collate, sample_rows
 from sellarec.errors import ConfigError
