@@ -75,10 +75,17 @@ def _needs(cfg: SellaConfig) -> dict[str, bool]:
 def stage_keys(cfg: SellaConfig, data_fingerprint: str) -> dict[str, str]:
     """Cache key of every needed stage: what the stage reads, its upstream keys and its code version.
 
-    ``runtime`` is left out except the seed (results depend on it; device, threads and cache folder do not).
+    ``runtime`` is left out except the seed and the resolved dtype (results depend on them; device, threads and
+    cache folder do not). The dtype enters only when it is not float32, so float32 keys stay what they were before
+    it was added and existing caches remain valid.
     """
+    from sellarec.models.backbone import resolve_device_dtype
+
     needs = _needs(cfg)
     common = {"data": data_fingerprint, "eval": to_dict(cfg.eval), "seed": cfg.runtime.seed}
+    dtype = resolve_device_dtype(cfg.runtime.device, cfg.runtime.dtype)[1]
+    if dtype != torch.float32:
+        common["dtype"] = str(dtype).removeprefix("torch.")
     llm = {"backbone": to_dict(cfg.backbone), "data_render": to_dict(cfg.data)}
     keys: dict[str, str] = {}
     if needs["stage1"]:

@@ -124,3 +124,12 @@ def test_compare_renders_the_final_stage_of_each_run(first_run, tmp_path: Path) 
     assert f"{test_auc:.4f} [" in table[2]
     missing = _cli("compare", str(tmp_path / "nothing"), cache=tmp_path / "cache")
     assert missing.returncode == 2 and "has no metrics.json" in missing.stderr
+
+
+def test_dtype_enters_the_keys_only_when_not_float32(tmp_path: Path) -> None:
+    from sellarec.pipeline import stage_keys
+
+    base = stage_keys(_cfg(tmp_path), "fp")
+    assert stage_keys(_cfg(tmp_path, "runtime.dtype=float32"), "fp") == base   # CPU auto = float32: same keys
+    bf16 = stage_keys(_cfg(tmp_path, "runtime.dtype=bfloat16"), "fp")
+    assert set(bf16) == set(base) and all(bf16[s] != base[s] for s in base)   # a bf16 run never reuses fp32 work
