@@ -15,8 +15,8 @@ OUT="${1:-runs/bench-gpu}"
 PY="${PY:-.venv/bin/python}"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false
-rm -rf "$OUT" && mkdir -p "$OUT"
-CACHE="$(pwd)/$OUT/cache"
+rm -rf "$OUT" && mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"   # absolute from here on (relative or not)
+CACHE="$OUT/cache"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu.sh: torch sees no CUDA GPU')"
 CARD="$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)"
 echo "card: $CARD"
@@ -44,7 +44,7 @@ EOF
 # 2. 4 trials at 0.25 GPU each, all at once (FIFO: every trial runs to the end)
 "$PY" tune/search.py --space projector --profile quick --num-samples 4 --scheduler fifo \
   --gpus-per-trial 0.25 --cpus-per-trial 2 --set runtime.dtype=bfloat16 --set "runtime.cache_dir=$CACHE" \
-  --name gpu-bench --storage "$(pwd)/$OUT/sweeps" --tracking-uri "sqlite:///$(pwd)/$OUT/mlflow.db" \
+  --name gpu-bench --storage "$OUT/sweeps" --tracking-uri "sqlite:///$OUT/mlflow.db" \
   --report-dir "$OUT" | tee "$OUT/sweep.log"
 
 # 3. the table
