@@ -13,6 +13,7 @@ Default store: ``sqlite:///<repo>/mlflow/mlflow.db`` with artifacts in ``<repo>/
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -49,7 +50,13 @@ def _artifact_location(uri: str) -> str | None:
 
 
 def git_commit(root: Path | None = None) -> str:
-    """The checkout's commit (``+dirty`` when it has local changes), or 'unknown' outside git."""
+    """The checkout's commit (``+dirty`` when it has local changes), or 'unknown' outside git.
+
+    ``$SELLAREC_GIT_COMMIT``, when set, wins: a synced copy of the tree on a remote machine may carry a stale
+    ``.git``, and its runs must record the commit the files came from.
+    """
+    if os.environ.get("SELLAREC_GIT_COMMIT"):
+        return os.environ["SELLAREC_GIT_COMMIT"]
     root = root or repo_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
