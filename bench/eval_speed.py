@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from sellarec.benchmarks import machine
+from sellarec.runtime import describe_machine
 from sellarec.config import load_config
 from sellarec.data.batches import build_examples, sample_rows
 from sellarec.data.dataset import load_dataset
@@ -57,7 +57,7 @@ for path, fast in (("plain", False), ("fast", True)):
 
 lengths = [len(e.ids) for e in examples]
 print(f"{len(examples)} stage-1 prompts ({min(lengths)}-{max(lengths)} tokens, mean {np.mean(lengths):.0f}; "
-      f"shared prefix {common_prefix_length(examples)}), batch {args.batch_size}, {machine()}")
+      f"shared prefix {common_prefix_length(examples)}), batch {args.batch_size}, {describe_machine()}")
 print(f"plain {timings['plain']:.2f} prompts/s, fast {timings['fast']:.2f} prompts/s "
       f"({timings['fast'] / timings['plain']:.2f}x); max abs score diff "
       f"{np.abs(scores['fast'] - scores['plain']).max():.1e}")

@@ -3,7 +3,6 @@ same process on the same inputs, plus the machine it ran on."""
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from typing import Any
@@ -16,25 +15,10 @@ from sellarec.data.dataset import load_dataset
 from sellarec.models.collab import AlignedMF
 from sellarec.models.lora import attach_lora
 from sellarec.pipeline import load_run_backbone
-from sellarec.runtime import cache_root, configure_threads
+from sellarec.runtime import cache_root, configure_threads, describe_machine
 from sellarec.stages import stage3
 
-__all__ = ["machine", "stage3_step"]
-
-
-def machine() -> str:
-    """One line naming the CPU, core count and torch build."""
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "
-            f"{platform.python_implementation()} {platform.python_version()}")
+__all__ = ["stage3_step"]
 
 
 def _grads(injector: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -102,4 +86,4 @@ def stage3_step(cfg: SellaConfig, *, batches: int = 3, batch_size: int = 8, seed
             "max_rel_grad_diff": grad_rel,
             "losses": losses, "step_seconds": times, "prompt_tokens": [len(e.ids) for e in examples],
             "trainable_params": sum(p.numel() for p in injector.parameters() if p.requires_grad),
-            "machine": machine()}
+            "machine": describe_machine()}

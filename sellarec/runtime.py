@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 from sellarec.config import RuntimeConfig
 
-__all__ = ["cache_root", "CACHE_ENV", "seed_everything", "configure_threads"]
+__all__ = ["cache_root", "CACHE_ENV", "seed_everything", "configure_threads", "describe_machine"]
 
 CACHE_ENV = "SELLAREC_CACHE"
 
@@ -39,3 +40,18 @@ def configure_threads(runtime: RuntimeConfig) -> None:
     import torch
 
     torch.set_num_threads(runtime.threads)
+
+
+def describe_machine() -> str:
+    """One line naming the CPU, core count, GPU (if torch sees one) and torch build, for benchmarks and run records."""
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "
+            f"{platform.python_implementation()} {platform.python_version()}")

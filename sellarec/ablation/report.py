@@ -141,6 +141,7 @@ def _footer(study: Study, commands: list[str]) -> list[str]:
         f"scores the same rows (the pairing of the paired test); scores: {_distinct(runs, 'eval.score_fn')}.",
         f"* Backbone: {_distinct(runs, 'backbone.name')}. Profile: `{study.profile}`. Commit: "
         + (", ".join(f"`{c}`" for c in commits) or "n/a") + ".",
+        f"* Machine (the runner's): {study.parent.get('machine') or 'not recorded'}.",
         "", "Commands:", "", "```bash", *commands, "```", ""]
 
 

@@ -20,7 +20,7 @@ from sellarec.ablation.spec import AblationSpec, Job
 from sellarec.ablation.tracking import EXPERIMENT, child_runs, label_rule, start_parent
 from sellarec.config import RuntimeConfig, apply_overrides, to_dict
 from sellarec.errors import ConfigError
-from sellarec.runtime import cache_root
+from sellarec.runtime import cache_root, describe_machine
 from sellarec.tuning.resources import Resources, start_ray
 from sellarec.tuning.tracking import (FAILED, FINISHED, KILLED, client_for, close_running, ensure_experiment,
                                       git_commit)
@@ -147,7 +147,8 @@ def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, 
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, experiment, artifact_location)
     parent_id = start_parent(client, experiment_id, spec.name, profile,
-                             {"command": command, "git_commit": commit, "mode": spec.mode, "jobs": str(len(jobs)),
+                             {"command": command, "git_commit": commit, "machine": describe_machine(),
+                              "mode": spec.mode, "jobs": str(len(jobs)),
                               "description": spec.description})
     pending = _sync_children(client, experiment_id, parent_id, jobs)
     summary = RunSummary(jobs=len(jobs), skipped=len(jobs) - len(pending), parent_run_id=parent_id)

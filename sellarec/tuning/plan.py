@@ -123,6 +123,7 @@ class SweepPlan:
     base: dict[str, Any]
     parent_run_id: str = ""
     git_commit: str = ""
+    machine: str = ""    # the driver's; with --address the trials may run on other nodes
     created: str = ""
 
 

@@ -28,6 +28,7 @@ from sellarec.tuning.plan import (META, SweepOptions, SweepPlan, check_options, 
                                   study_url)
 from sellarec.tuning.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
 from sellarec.tuning.space import SearchSpace, load_space
+from sellarec.runtime import describe_machine
 from sellarec.tuning.tracking import FAILED, FINISHED, KILLED, SweepTracker, git_commit
 
 # SweepOptions lives in sellarec.tuning.plan; named here too, as run_sweep's argument.
@@ -154,7 +155,8 @@ def _report_lines(plan: SweepPlan, counts: dict[str, int], seconds: float) -> tu
               f"sampler {plan.sampler} (seed {plan.seed}), scheduler {plan.scheduler}, metric {plan.metric} "
               f"({plan.mode}), {plan.cpus_per_trial:g} CPU and {max(0.0, plan.gpus_per_trial):g} GPU per trial",
               f"{sum(counts.values())} trials: {done}; wall time of the last run {seconds / 60:.1f} min",
-              f"git commit `{plan.git_commit}`, started {plan.created}"]
+              f"git commit `{plan.git_commit}`, started {plan.created}"
+              + (f" on {plan.machine} (driver)" if plan.machine else "")]
     footer = [f"MLflow: parent run `{plan.parent_run_id}` in experiment `search-{plan.space_name}` of "
               f"`{plan.tracking_uri}`; open the UI with `mlflow/ui.sh` (see mlflow/README.md)",
               f"Optuna study `{plan.name}`: `optuna-dashboard {study_url(plan)}`",
@@ -202,10 +204,10 @@ def _open_parent(plan: SweepPlan, tracker: SweepTracker) -> None:
     if plan.parent_run_id:
         tracker.reopen(plan.parent_run_id)
         return
-    plan.git_commit = git_commit()
-    tags = {"space": plan.space_name, "profile": str(plan.profile), "preset": str(plan.preset),
-            "sampler": plan.sampler, "scheduler": plan.scheduler, "git_commit": plan.git_commit,
-            "smoke_test": str(plan.smoke_test).lower()}
+    plan.git_commit, plan.machine = git_commit(), describe_machine()
+    tags = {"machine": plan.machine, "space": plan.space_name, "profile": str(plan.profile),
+            "preset": str(plan.preset), "sampler": plan.sampler, "scheduler": plan.scheduler,
+            "git_commit": plan.git_commit, "smoke_test": str(plan.smoke_test).lower()}
     params = {"space": plan.space_name, "profile": plan.profile, "preset": plan.preset, "sampler": plan.sampler,
               "seed": plan.seed, "scheduler": plan.scheduler, "metric": plan.metric, "mode": plan.mode,
               "num_samples": plan.num_samples, "cpus_per_trial": plan.cpus_per_trial,

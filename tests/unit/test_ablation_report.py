@@ -59,7 +59,8 @@ def _ablation(client: MlflowClient, exp: str, name: str, dataset: str) -> None:
     _run(client, exp, old.info.run_id, "full", 0, {"test/auc": 0.01}, start=2)          # an older parent's child
     parent = client.create_run(exp, start_time=10, tags={
         "ablation": name, "profile": "quick", "role": "parent", "description": "A toy <ablation>.",
-        "command": f"python ablations/run.py --spec {name}", "git_commit": "deadbeef"}).info.run_id
+        "command": f"python ablations/run.py --spec {name}", "git_commit": "deadbeef",
+        "machine": "Toy CPU, 2 cores"}).info.run_id
     values = _values()
     for cell, seeds in SEEDS.items():
         for seed in seeds:
@@ -163,6 +164,7 @@ def test_run_selection_costs_and_footer(report) -> None:
     assert "A toy &lt;ablation&gt;." in markdown
     assert "fingerprint `abc123`" in markdown and "rating >= 4 is positive" in markdown
     assert "Commit: `deadbeef`" in markdown and "Backbone: `smollm2-135m`" in markdown
+    assert "Machine (the runner's): Toy CPU, 2 cores." in markdown
     assert "python ablations/run.py --spec toy\npython ablations/report.py --spec toy\n" in markdown
     assert "No published numbers for ml100k" in markdown
 

@@ -85,3 +85,27 @@ def test_hit_does_not_recompute_and_clear_removes(tmp_path: Path) -> None:
     assert len(calls) == 1
     assert {(e.stage, e.key) for e in store.entries()} == {("stage1", "a"), ("stage2", "b")}
     assert store.clear("stage1") == 1 and [e.stage for e in store.entries()] == ["stage2"]
+
+
+def test_atomic_text_write_gets_the_mode_of_a_plain_write(tmp_path: Path) -> None:
+    import os
+
+    from sellarec.storage import write_text_atomic
+
+    plain, atomic = tmp_path / "plain.md", tmp_path / "atomic.md"
+    plain.write_text("x")
+    write_text_atomic(atomic, "x")
+    assert atomic.read_text() == "x"
+    assert os.stat(atomic).st_mode & 0o777 == os.stat(plain).st_mode & 0o777   # not mkstemp's 0600
+
+
+def test_atomic_dir_gets_the_mode_of_a_plain_mkdir(tmp_path: Path) -> None:
+    import os
+
+    from sellarec.storage import atomic_dir
+
+    (tmp_path / "plain").mkdir()
+    with atomic_dir(tmp_path / "atomic") as scratch:
+        (scratch / "f").write_text("x")
+    assert (tmp_path / "atomic" / "f").read_text() == "x"
+    assert os.stat(tmp_path / "atomic").st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777
