@@ -29,7 +29,7 @@ def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """
     from sellarec.ablation.runner import run_ablation
     from sellarec.ablation.spec import load_spec
-    from sellarec.tuning.resources import Resources
+    from sellarec.tuning.resources import Resources, check_shared_storage, check_shared_tracking
 
     if args.smoke_test:
         args.spec, args.profile, args.seeds = args.spec or "components", args.profile or "tiny", args.seeds or 2
@@ -37,6 +37,9 @@ def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args.tracking_uri = args.tracking_uri or _SMOKE_URI
 
     def run() -> int:
+        if args.address is not None:   # as for sweeps: every node must reach the trial storage and the store
+            check_shared_storage(args.storage)
+            check_shared_tracking(args.tracking_uri)
         summary = run_ablation(
             load_spec(args.spec, _SPECS_DIR), profile=args.profile, seeds=args.seeds, overrides=args.overrides,
             storage=args.storage or repo_root() / "runs" / "ablations",

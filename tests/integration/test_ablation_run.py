@@ -82,6 +82,8 @@ def test_report_renders_the_smoke_store(smoke: dict) -> None:
     (["--seeds", "x"], "run.py: error: argument --seeds: invalid int value: 'x'"),
     (["--spec", "components", "--profile", "tiny", "--gpus-per-trial", "1"],
      "ResourceError: --gpus-per-trial=1 but this machine has no CUDA GPU"),
+    (["--spec", "components", "--address", "127.0.0.1:6379"],
+     "ConfigError: --address needs --tracking-uri of a server every node can reach"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     if "--gpus-per-trial" in args:
