@@ -24,7 +24,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: help install demo test test-fast ui clean
 
 help:
-	@echo "make demo       set up (venv + pinned packages) and train on the embedded default (ML-100K + SmolLM2, quick profile)"
+	@echo "make demo       set up (venv + pinned packages) and run the default sweep on the embedded default (ML-100K + SmolLM2)"
 	@echo "make test       set up and run the whole test suite (slow tests included, GPU tests skipped)"
 	@echo "make test-fast  unit/integration tests without the slow real-model ones"
 	@echo "make install    only create/update the venv"
@@ -43,8 +43,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The main job: the default search (`projector` space, quick profile, 4 trials, TPE + ASHA, MLflow tracking); its
+# report goes to runs/demo so a demo never writes into docs/.
 demo: $(STAMP)
-	$(PY) -m sellarec train --profile quick --out runs/demo
+	$(PY) tune/search.py --space projector --report-dir runs/demo
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 test: $(STAMP)
