@@ -10,15 +10,33 @@ from typing import Any
 import torch
 
 from sellarec.config import SellaConfig
-from sellarec.data.batches import build_examples, collate
-from sellarec.data.dataset import load_dataset
+from sellarec.data.batches import build_examples, collate, sample_rows
+from sellarec.data.dataset import Dataset, load_dataset
+from sellarec.models.backbone import Backbone
 from sellarec.models.collab import AlignedMF
 from sellarec.models.lora import attach_lora
 from sellarec.pipeline import load_run_backbone
 from sellarec.runtime import cache_root, configure_threads, describe_machine
 from sellarec.stages import stage3
+from sellarec.stages.evaluation import common_prefix_length, score_examples
 
-__all__ = ["stage3_step"]
+__all__ = ["stage3_step", "eval_speed"]
+
+
+def _with_random_adapter(cfg: SellaConfig, seed: int) -> tuple[Dataset, Backbone, torch.nn.Module]:
+    """The configured data and backbone wrapped with a frozen stage-1 LoRA whose B is random and non-zero, so that
+    an adapter is really on the path (as after stage 1); eval mode, ``runtime.threads`` torch threads."""
+    configure_threads(cfg.runtime)
+    torch.manual_seed(seed)
+    cache = cache_root(cfg.runtime)
+    ds = load_dataset(cfg.data, cache)
+    backbone = load_run_backbone(cfg, ds, cache)
+    model = attach_lora(backbone.model, cfg.stage1.lora, trainable=False)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    return ds, backbone, model.eval()
 
 
 def _grads(injector: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -40,17 +58,7 @@ def stage3_step(cfg: SellaConfig, *, batches: int = 3, batch_size: int = 8, seed
         (official vs fast_exact) and the largest relative gradient difference of either fast step against the
         official one over all trainable tensors (first batch), and the machine.
     """
-    configure_threads(cfg.runtime)
-    torch.manual_seed(seed)
-    cache = cache_root(cfg.runtime)
-    ds = load_dataset(cfg.data, cache)
-    backbone = load_run_backbone(cfg, ds, cache)
-    model = attach_lora(backbone.model, cfg.stage1.lora, trainable=False)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
-    model.eval()
+    ds, backbone, model = _with_random_adapter(cfg, seed)
     semantic = torch.randn(ds.num_items, backbone.hidden_size)
     mf = AlignedMF(ds.num_users, ds.num_items, cfg.stage2.emb_dim, semantic=semantic,
                    proj_hidden=cfg.stage2.proj_hidden)
@@ -86,4 +94,30 @@ def stage3_step(cfg: SellaConfig, *, batches: int = 3, batch_size: int = 8, seed
             "max_rel_grad_diff": grad_rel,
             "losses": losses, "step_seconds": times, "prompt_tokens": [len(e.ids) for e in examples],
             "trainable_params": sum(p.numel() for p in injector.parameters() if p.requires_grad),
+            "machine": describe_machine()}
+
+
+def eval_speed(cfg: SellaConfig, *, prompts: int = 96, batch_size: int = 16, seed: int = 0) -> dict[str, Any]:
+    """Prompt scoring, the plain path (caller order, whole prompts) against ``score_examples``' defaults (length-
+    sorted batches, the shared prefix's key/value cache), on the same stage-1 valid prompts in one process.
+
+    Returns:
+        prompts/s of each path, their ratio, the largest absolute score difference, the prompt lengths, the shared
+        prefix length and the machine.
+    """
+    ds, backbone, model = _with_random_adapter(cfg, seed)
+    rows = sample_rows(ds.split("valid"), prompts, cfg.eval.max_rows_per_user, seed=seed)
+    examples = build_examples(ds, rows, backbone.tokenizer, stage=1, max_length=cfg.backbone.max_length,
+                              with_answer=False)
+    common = dict(batch_size=batch_size, score_fn=cfg.eval.score_fn, model=model)
+    score_examples(backbone, examples[:4], **common)  # warm-up: first-call allocations and lazy inits
+    rate, scores = {}, {}
+    for path, fast in (("plain", False), ("fast", True)):
+        start = time.perf_counter()
+        scores[path] = score_examples(backbone, examples, sort_by_length=fast, share_prefix=fast, **common)
+        rate[path] = len(examples) / (time.perf_counter() - start)
+    return {"plain_prompts_per_s": rate["plain"], "fast_prompts_per_s": rate["fast"],
+            "speedup": rate["fast"] / rate["plain"],
+            "max_abs_score_diff": float(abs(scores["fast"] - scores["plain"]).max()),
+            "prompt_tokens": [len(e.ids) for e in examples], "shared_prefix": common_prefix_length(examples),
             "machine": describe_machine()}

@@ -9,34 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from sellarec.config import CollabProjectorConfig, DataConfig, LoraConfig, SemanticProjectorConfig, Stage3Config
-from sellarec.data import load_dataset
+from sellarec.config import CollabProjectorConfig, SemanticProjectorConfig, Stage3Config
 from sellarec.data.batches import Example, build_examples
-from sellarec.data.prompts import tiny_corpus
-from sellarec.models.backbone import load_backbone
-from sellarec.models.collab import AlignedMF
-from sellarec.models.lora import attach_lora
 from sellarec.stages import stage3
 from sellarec.stages.evaluation import (MIN_SHARED_PREFIX, build_shared_prefix, common_prefix_length,
                                         decoder_and_head, score_examples)
 
-EMB, HIDDEN = 16, 32
+from conftest import TINY_HIDDEN as HIDDEN  # the tiny_stage3_parts fixture's sizes
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):
-    cache = tmp_path_factory.mktemp("cache")
-    ds = load_dataset(DataConfig(max_users=40), cache)
-    bb = load_backbone("tiny", cache_dir=cache, tiny_corpus=tiny_corpus(ds.titles, ds.item_word))
-    model = attach_lora(bb.model, LoraConfig(r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj")),
-                        trainable=False)
-    with torch.no_grad():  # a non-trivial adapter, so a prefix computed without LoRA would show
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
-    torch.manual_seed(0)
-    semantic = torch.randn(ds.num_items, bb.hidden_size)
-    mf = AlignedMF(ds.num_users, ds.num_items, EMB, semantic=semantic, proj_hidden=HIDDEN)
+def setup(tiny_stage3_parts):
+    ds, bb, model, mf, semantic = tiny_stage3_parts
     cfg = Stage3Config(collab_projector=CollabProjectorConfig(hidden=HIDDEN),
                        semantic_projector=SemanticProjectorConfig(rank=4, hidden=HIDDEN))
     injector = stage3.build_injector(cfg, mf, semantic, bb, seed=0).eval()

@@ -5,35 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sellarec.config import (CollabProjectorConfig, DataConfig, EvalConfig, LoraConfig, SemanticProjectorConfig,
-                             Stage3Config)
-from sellarec.data import load_dataset
+from sellarec.config import CollabProjectorConfig, EvalConfig, SemanticProjectorConfig, Stage3Config
 from sellarec.data.batches import build_examples, collate, sample_rows
 from sellarec.errors import ConfigError
-from sellarec.models.backbone import load_backbone
 from sellarec.models.collab import AlignedMF
-from sellarec.models.lora import attach_lora
-from sellarec.data.prompts import tiny_corpus
 from sellarec.stages import stage3
 
-EMB, HIDDEN = 16, 32
+from conftest import TINY_EMB as EMB, TINY_HIDDEN as HIDDEN  # the tiny_stage3_parts fixture's sizes
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):
-    cache = tmp_path_factory.mktemp("cache")
-    ds = load_dataset(DataConfig(max_users=40), cache)
-    bb = load_backbone("tiny", cache_dir=cache, tiny_corpus=tiny_corpus(ds.titles, ds.item_word))
-    model = attach_lora(bb.model, LoraConfig(r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj")),
-                        trainable=False)
-    with torch.no_grad():  # a non-trivial frozen adapter, as after stage 1
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
-    torch.manual_seed(0)
-    semantic = torch.randn(ds.num_items, bb.hidden_size)
-    mf = AlignedMF(ds.num_users, ds.num_items, EMB, semantic=semantic, proj_hidden=HIDDEN)
-    return ds, bb, model, mf, semantic
+def setup(tiny_stage3_parts):
+    return tiny_stage3_parts
 
 
 def _cfg(**kw) -> Stage3Config:
