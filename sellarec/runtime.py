@@ -8,9 +8,14 @@ from pathlib import Path
 
 from sellarec.config import RuntimeConfig
 
-__all__ = ["cache_root", "CACHE_ENV", "seed_everything", "configure_threads", "describe_machine"]
+__all__ = ["cache_root", "CACHE_ENV", "seed_everything", "configure_threads", "describe_machine", "repo_root"]
 
 CACHE_ENV = "SELLAREC_CACHE"
+
+
+def repo_root() -> Path:
+    """The source checkout holding the ``sellarec`` package (``tune/``, ``mlflow/``, ``docs/``, ``runs/``)."""
+    return Path(__file__).resolve().parents[1]
 
 
 def cache_root(runtime: RuntimeConfig) -> Path:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sellarec.arguments import exit_code
-from sellarec.tuning.space import repo_root
+from sellarec.runtime import repo_root
 from sellarec.tuning.tracking import default_tracking_uri
 
 __all__ = ["SMOKE_DIR", "run_command", "report_command"]

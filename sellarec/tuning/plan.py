@@ -19,7 +19,9 @@ from sellarec.config import SellaConfig, apply_overrides, load_config, to_dict
 from sellarec.errors import ConfigError
 from sellarec.metrics import metric_key
 from sellarec.tuning.resources import check_request, check_shared_storage, check_shared_tracking, default_gpus
-from sellarec.tuning.space import METRICS, SAMPLERS, SearchSpace, load_space, repo_root
+from sellarec.runtime import repo_root
+from sellarec.tuning.space import METRICS, SAMPLERS, SearchSpace
+from sellarec.tuning.space_file import load_space
 from sellarec.tuning.tracking import default_tracking_uri
 
 __all__ = ["SweepOptions", "SweepPlan", "SCHEDULERS", "SMOKE_SAMPLES", "META", "check_options", "new_plan",

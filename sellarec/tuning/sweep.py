@@ -27,7 +27,8 @@ from sellarec.tuning.callbacks import ProgressPrinter, TrialLogger
 from sellarec.tuning.plan import (META, SweepOptions, SweepPlan, check_options, new_plan, resume_command, resume_plan,
                                   study_url)
 from sellarec.tuning.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
-from sellarec.tuning.space import SearchSpace, load_space
+from sellarec.tuning.space import SearchSpace
+from sellarec.tuning.space_file import load_space
 from sellarec.runtime import describe_machine
 from sellarec.tuning.tracking import FAILED, FINISHED, KILLED, SweepTracker, git_commit
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from sellarec.tuning.space import label, repo_root
+from sellarec.runtime import repo_root
+from sellarec.tuning.space import label
 
 __all__ = ["default_tracking_uri", "is_local_store", "git_commit", "client_for", "ensure_experiment", "search_runs",
            "latest_run", "log_values", "close_running", "SweepTracker", "FINISHED", "KILLED", "FAILED", "RUNNING"]

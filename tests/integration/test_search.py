@@ -19,7 +19,7 @@ import pytest
 
 from sellarec.config import apply_overrides, from_dict, load_config
 from sellarec.errors import ResourceError
-from sellarec.tuning.space import repo_root
+from sellarec.runtime import repo_root
 from sellarec.tuning.sweep import SweepOptions, main, run_sweep
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")

@@ -11,7 +11,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from sellarec.config import apply_overrides, load_config
 from sellarec.errors import ConfigError
-from sellarec.tuning.space import list_spaces, load_space
+from sellarec.tuning.space_file import list_spaces, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
