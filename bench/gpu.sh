@@ -4,7 +4,7 @@
 #   2. a 4-trial `projector` sweep at 0.25 GPU per trial (four trials share the card; stages 1-2 come from step 1's
 #      cache): trials/hour, peak memory per trial, AUC.
 #
-#   bash bench/gpu.sh [OUT]            # OUT defaults to runs/bench-gpu; ~10 minutes on an H100
+#   bash bench/gpu.sh [OUT]            # OUT defaults to runs/bench-gpu; about 3 minutes on an H100 (docs/performance.md)
 #   PY=/path/to/python bash bench/gpu.sh   # a Python with this project installed and a CUDA torch
 #
 # Needs CUDA torch: `make install` pins the CPU wheel of this project's machines. On a GPU host, install
