@@ -1,12 +1,13 @@
-"""Prompt-scoring speed: the plain path (caller order, whole prompts) against length-sorted batches with the shared
-prefix's key/value cache (``score_examples``' defaults), same prompts, one process.
+"""Prompt-scoring speed: today's path (length-sorted batches on the template prefix's key/value cache, one thread)
+against group prefixes (prompts sharing a history run it once) at one and two threads, same prompts, one process.
 
-    python bench/eval_speed.py                      # quick profile (ML-100K + SmolLM2), 96 valid prompts, batch 16
+    python bench/eval_speed.py                      # quick profile (ML-100K + SmolLM2), 192 test prompts, batch 16
     python bench/eval_speed.py --smoke-test         # tiny profile, 24 prompts
 
-Stage-1 prompts of the valid split, scored through a LoRA adapter with random non-zero B (as after stage 1), in eval
-mode, with ``runtime.threads`` torch threads (1 by default). Prints prompts/s of each path, the ratio and the largest
-absolute score difference. Results go into docs/performance.md by hand, with the machine line this prints.
+Stage-1 prompts of test rows drawn uniformly (per-user chronological split), scored through a LoRA adapter with random
+non-zero B (as after stage 1), in eval mode. The variants alternate; the plain path (caller order, whole prompts)
+scores a subset with grouped rows as the reference. Also counts the shared prefixes of a 1,500-row test sample (the
+quick profile's evaluation size). Results go into docs/performance.md by hand, with the machine line this prints.
 """
 
 import argparse
@@ -18,16 +19,27 @@ from sellarec.config import load_config
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--profile", default="quick")
-parser.add_argument("--prompts", type=int, default=96)
+parser.add_argument("--prompts", type=int, default=192)
 parser.add_argument("--batch-size", type=int, default=16)
+parser.add_argument("--repeats", type=int, default=2, help="rounds of the alternating variants")
 parser.add_argument("--smoke-test", action="store_true", help="tiny profile, 24 prompts")
 parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 args = parser.parse_args()
 profile, n = ("tiny", 24) if args.smoke_test else (args.profile, args.prompts)
-result = eval_speed(load_config(profile, overrides=["runtime.progress=false", *args.overrides]), prompts=n,
-                    batch_size=args.batch_size)
-lengths = result["prompt_tokens"]
-print(f"{len(lengths)} stage-1 prompts ({min(lengths)}-{max(lengths)} tokens, mean {np.mean(lengths):.0f}; shared "
-      f"prefix {result['shared_prefix']}), batch {args.batch_size}, {result['machine']}")
-print(f"plain {result['plain_prompts_per_s']:.2f} prompts/s, fast {result['fast_prompts_per_s']:.2f} prompts/s "
-      f"({result['speedup']:.2f}x); max abs score diff {result['max_abs_score_diff']:.1e}")
+cfg = load_config(profile, overrides=["runtime.progress=false", "data.split=user_time", *args.overrides])
+r = eval_speed(cfg, prompts=n, batch_size=args.batch_size, repeats=args.repeats, stats_rows=100 if args.smoke_test
+               else 1500)
+lengths = r["prompt_tokens"]
+print(f"{len(lengths)} stage-1 prompts of uniform {r['split']} test rows ({min(lengths)}-{max(lengths)} tokens, mean "
+      f"{np.mean(lengths):.0f}), batch {args.batch_size}, {r['machine']}; load {r['load_before'][0]:.2f} before, "
+      f"{r['load_after'][0]:.2f} after")
+for name, rate in r["prompts_per_s"].items():
+    runs = ", ".join(f"{x:.2f}" for x in r["runs_prompts_per_s"][name])
+    print(f"{name:10s} {rate:6.2f} prompts/s ({r['speedup'][name]:.2f}x today; runs {runs}); max |diff| vs plain "
+          f"{r['max_abs_diff_vs_plain'][name]:.1e} ({r['check_rows']} rows), "
+          f"vs today {r['max_abs_diff_vs_today'][name]:.1e}")
+for label, s in [("timed prompts, stage 1", r["sharing"])] + [(f"{s['rows']} test rows, stage {stage}", s)
+                                                              for stage, s in r["sharing_stats_rows"].items()]:
+    print(f"{label}: common prefix {s['common_prefix']} tokens; {s['groups']} groups, {s['grouped_rows']} rows in "
+          f"them (largest {s['largest_group']}); tokens past the common prefix {s['tokens']}, saved "
+          f"{s['tokens_saved']} ({s['tokens_saved'] / s['tokens']:.1%})")

@@ -3,6 +3,7 @@ same process on the same inputs, plus the machine it ran on."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 
 from sellarec.config import SellaConfig
-from sellarec.data.batches import build_examples, collate, sample_rows
+from sellarec.data.batches import Example, build_examples, collate
 from sellarec.data.dataset import Dataset, load_dataset
 from sellarec.models.backbone import Backbone
 from sellarec.models.collab import AlignedMF
@@ -18,9 +19,9 @@ from sellarec.models.lora import attach_lora
 from sellarec.pipeline import load_run_backbone
 from sellarec.runtime import cache_root, configure_threads, describe_machine
 from sellarec.stages import stage3
-from sellarec.stages.evaluation import common_prefix_length, score_examples
+from sellarec.stages.evaluation import MIN_GROUP_PREFIX, common_prefix_length, group_by_prefix, score_examples
 
-__all__ = ["stage3_step", "eval_speed"]
+__all__ = ["stage3_step", "eval_speed", "prefix_sharing", "EVAL_VARIANTS"]
 
 
 def _with_random_adapter(cfg: SellaConfig, seed: int) -> tuple[Dataset, Backbone, torch.nn.Module]:
@@ -97,27 +98,96 @@ def stage3_step(cfg: SellaConfig, *, batches: int = 3, batch_size: int = 8, seed
             "machine": describe_machine()}
 
 
-def eval_speed(cfg: SellaConfig, *, prompts: int = 96, batch_size: int = 16, seed: int = 0) -> dict[str, Any]:
-    """Prompt scoring, the plain path (caller order, whole prompts) against ``score_examples``' defaults (length-
-    sorted batches, the shared prefix's key/value cache), on the same stage-1 valid prompts in one process.
+def prefix_sharing(examples: list[Example], stop_tokens: tuple[int, ...] = ()) -> dict[str, int]:
+    """How :func:`score_examples` would share prefixes among ``examples`` (no model run).
+
+    Args:
+        examples: inference examples.
+        stop_tokens: token ids whose input vector is injected (stage 3's ID tokens); a group prefix stops before them.
 
     Returns:
-        prompts/s of each path, their ratio, the largest absolute score difference, the prompt lengths, the shared
-        prefix length and the machine.
+        rows, the common prefix's length, groups kept (at least ``MIN_GROUP_PREFIX`` tokens past the common prefix
+        after the stop), rows in them, the largest group, and the prompt tokens past the common prefix that the
+        length-sorted path computes (``tokens``) and that the groups save (``tokens_saved``), padding not counted.
     """
+    start = common_prefix_length(examples)
+    kept = []
+    for group in group_by_prefix(examples, start=start):
+        stops = [examples[i].ids.index(t) for i in group.rows for t in stop_tokens if t in examples[i].ids]
+        length = min([group.length, *stops])
+        if length - start >= MIN_GROUP_PREFIX:
+            kept.append((len(group.rows), length))
+    return {"rows": len(examples), "common_prefix": start, "groups": len(kept),
+            "grouped_rows": sum(size for size, _ in kept), "largest_group": max((size for size, _ in kept), default=0),
+            "tokens": sum(len(e.ids) - start for e in examples),
+            "tokens_saved": sum((size - 1) * (length - start) for size, length in kept)}
+
+
+def _check_rows(examples: list[Example], n: int) -> list[int]:
+    """About ``n`` example indices for the plain-path check: whole groups first (up to half), then ungrouped ones."""
+    groups = group_by_prefix(examples, start=common_prefix_length(examples))
+    chosen: list[int] = []
+    for group in groups:
+        if len(chosen) + len(group.rows) > n // 2:
+            break
+        chosen += group.rows
+    grouped = {i for g in groups for i in g.rows}
+    chosen += [i for i in range(len(examples)) if i not in grouped][: n - len(chosen)]
+    return sorted(chosen)
+
+
+# name: (torch threads, score_examples options); "today" is the path before group prefixes (the baseline).
+EVAL_VARIANTS = {"today": (1, {"group_prefixes": False}), "groups": (1, {}), "today_2t": (2, {"group_prefixes": False}),
+                 "groups_2t": (2, {})}
+
+
+def eval_speed(cfg: SellaConfig, *, prompts: int = 192, batch_size: int = 16, seed: int = 0, repeats: int = 2,
+               check_prompts: int = 32, stats_rows: int = 1500) -> dict[str, Any]:
+    """Prompt scoring: today's path (length-sorted batches on the common prefix's cache, one thread) against the
+    group prefixes (:func:`~sellarec.stages.evaluation.group_by_prefix`) at one and two threads, on the same stage-1
+    prompts of uniformly drawn test rows, in one process; the variants alternate ``repeats`` times.
+
+    The plain path (caller order, whole prompts) scores only ``check_prompts`` of them, grouped ones included, as the
+    reference of every variant's scores.
+
+    Returns:
+        prompts/s of each variant (median over repeats) and per repeat, ratios against ``today``, the largest absolute
+        score difference of each variant against the plain path (on the check rows) and against ``today`` (all
+        rows), prefix-sharing counts (:func:`prefix_sharing`) of the timed prompts and of ``stats_rows`` test rows
+        (stage 1 and stage 3), the load average before and after, and the machine.
+    """
+    load_before = os.getloadavg()
     ds, backbone, model = _with_random_adapter(cfg, seed)
-    rows = sample_rows(ds.split("valid"), prompts, cfg.eval.max_rows_per_user, seed=seed)
-    examples = build_examples(ds, rows, backbone.tokenizer, stage=1, max_length=cfg.backbone.max_length,
+    test = ds.split("test")
+
+    def examples_of(n: int, stage: int) -> list[Example]:
+        return build_examples(ds, test.sample(n=min(n, len(test)), random_state=seed), backbone.tokenizer,
+                              stage=stage, tokens=cfg.stage3.tokens, max_length=cfg.backbone.max_length,
                               with_answer=False)
+
+    examples = examples_of(prompts, 1)
     common = dict(batch_size=batch_size, score_fn=cfg.eval.score_fn, model=model)
-    score_examples(backbone, examples[:4], **common)  # warm-up: first-call allocations and lazy inits
-    rate, scores = {}, {}
-    for path, fast in (("plain", False), ("fast", True)):
-        start = time.perf_counter()
-        scores[path] = score_examples(backbone, examples, sort_by_length=fast, share_prefix=fast, **common)
-        rate[path] = len(examples) / (time.perf_counter() - start)
-    return {"plain_prompts_per_s": rate["plain"], "fast_prompts_per_s": rate["fast"],
-            "speedup": rate["fast"] / rate["plain"],
-            "max_abs_score_diff": float(abs(scores["fast"] - scores["plain"]).max()),
-            "prompt_tokens": [len(e.ids) for e in examples], "shared_prefix": common_prefix_length(examples),
-            "machine": describe_machine()}
+    for threads in (1, 2):  # warm-up: first-call allocations, lazy inits and each thread pool
+        torch.set_num_threads(threads)
+        score_examples(backbone, examples[:4], **common)
+    times: dict[str, list[float]] = {name: [] for name in EVAL_VARIANTS}
+    scores = {}
+    for _ in range(repeats):
+        for name, (threads, options) in EVAL_VARIANTS.items():
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            scores[name] = score_examples(backbone, examples, **common, **options)
+            times[name].append(time.perf_counter() - start)
+    torch.set_num_threads(cfg.runtime.threads)
+    check = _check_rows(examples, check_prompts)
+    plain = score_examples(backbone, [examples[i] for i in check], sort_by_length=False, share_prefix=False, **common)
+    rate = {name: len(examples) / statistics.median(t) for name, t in times.items()}
+    stats = {stage: prefix_sharing(examples_of(stats_rows, stage), tuple(backbone.special_ids.values()))
+             for stage in (1, 3)}
+    return {"prompts_per_s": rate, "runs_prompts_per_s": {k: [len(examples) / x for x in t] for k, t in times.items()},
+            "speedup": {name: r / rate["today"] for name, r in rate.items()},
+            "max_abs_diff_vs_plain": {k: float(abs(s[check] - plain).max()) for k, s in scores.items()},
+            "max_abs_diff_vs_today": {k: float(abs(s - scores["today"]).max()) for k, s in scores.items()},
+            "check_rows": len(check), "sharing": prefix_sharing(examples), "sharing_stats_rows": stats,
+            "prompt_tokens": [len(e.ids) for e in examples], "load_before": load_before,
+            "load_after": os.getloadavg(), "machine": describe_machine(), "split": cfg.data.split}

@@ -52,12 +52,15 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
         return 0
     print(f"dataset {stats['dataset']} (fingerprint {stats['fingerprint']}): {stats['users']} users, "
           f"{stats['items']} items; warm/cold by the '{stats['warm_definition']}' definition")
-    header = f"{'split':<6} {'rows':>8} {'raw_rows':>9} {'users':>6} {'items':>6} {'pos_rate':>8} {'warm':>7} {'cold':>7}"
+    header = (f"{'split':<6} {'rows':>8} {'raw_rows':>9} {'users':>6} {'items':>6} {'pos_rate':>8} {'warm':>7} "
+              f"{'cold':>7} {'warm%':>7}")
     print(header)
     for name, row in stats["splits"].items():
+        share = f"{row['warm_share']:.2f}" if "warm_share" in row else ""
         print(f"{name:<6} {row['rows']:>8} {row['raw_rows']:>9} {row['users']:>6} {row['items']:>6} "
-              f"{row['positive_rate']:>8.4f} {row.get('warm_rows', ''):>7} {row.get('cold_rows', ''):>7}")
-    print("rows = interactions with at least one earlier positive (prompt-level); raw_rows = all of the split")
+              f"{row['positive_rate']:>8.4f} {row.get('warm_rows', ''):>7} {row.get('cold_rows', ''):>7} {share:>7}")
+    print("rows = interactions with at least one earlier positive (prompt-level); raw_rows = all of the split; "
+          "warm% = warm / rows")
     return 0
 
 
@@ -102,17 +105,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auc_cell(split: dict | None) -> str:
+    """``0.7666 [0.742, 0.790] n=1500/905u``: AUC, its 95 % user-bootstrap CI where computed, rows and users."""
+    if not split or split.get("auc") is None:
+        return "n/a"
+    cell = f"{split['auc']:.4f}"
+    if split.get("auc_ci_low") is not None:
+        cell += f" [{split['auc_ci_low']:.3f}, {split['auc_ci_high']:.3f}]"
+    if split.get("rows") is not None:
+        cell += f" n={int(split['rows'])}"
+        cell += f"/{int(split['users'])}u" if split.get("users") is not None else ""
+    return cell
+
+
 def _print_table(metrics: dict) -> None:
     rows = [("stage1 (LLM, TALLRec-style)", metrics.get("stage1")), ("stage2 (MF)", metrics.get("stage2")),
             ("stage3 (SeLLa-Rec)", metrics.get("stage3"))]
-    print(f"\n{'model':<30} {'valid AUC':>9} {'valid UAUC':>10} {'test AUC':>9} {'test UAUC':>9} "
-          f"{'warm AUC':>9} {'cold AUC':>9}")
+    print(f"\n{'model':<28} {'valid AUC [95% CI] rows/users':<37} {'test AUC [95% CI] rows/users':<37} "
+          f"{'test UAUC':>9} {'warm AUC (rows)':<22} {'cold AUC (rows)':<22}")
     for name, m in rows:
         if not m:
             continue
-        cells = [m["valid"]["auc"], m["valid"]["uauc"], m["test"]["auc"], m["test"]["uauc"],
-                 m["test_warm"]["auc"], m["test_cold"]["auc"]]
-        print(f"{name:<30} " + " ".join(f"{c:>9.4f}" if i != 1 else f"{c:>10.4f}" for i, c in enumerate(cells)))
+        warm, cold = m.get("test_warm", {}), m.get("test_cold", {})
+        slices = [f"{s.get('auc', float('nan')):.4f} n={int(s.get('rows', 0))}" for s in (warm, cold)]
+        print(f"{name:<28} {_auc_cell(m.get('valid')):<37} {_auc_cell(m.get('test')):<37} "
+              f"{m.get('test', {}).get('uauc', float('nan')):>9.4f} {slices[0]:<22} {slices[1]:<22}")
     align = (metrics.get("stage2") or {}).get("align")
     if align:
         print(f"stage2 alignment: mean cosine(Proj(MF item), semantic) {align['before']:.4f} -> {align['after']:.4f}")
@@ -194,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache_ls = cache.add_parser("ls", help="list stage artifacts")
     cache_clear = cache.add_parser("clear", help="delete stage artifacts")
     cache_clear.add_argument("--yes", action="store_true", help="confirm the deletion")
-    cache_clear.add_argument("--stage", default=None, choices=["stage1", "stage2", "stage3"], help="only this stage")
+    cache_clear.add_argument("--stage", default=None, choices=["stage1", "stage1_test", "stage2", "stage3", "stage3_test"],
+                             help="only this stage's entries (stage1_test, stage3_test: test evaluations)")
     for sub in (cache_ls, cache_clear):
         _add_config_args(sub, default_profile=None)
         sub.set_defaults(func=_cmd_cache)

@@ -132,7 +132,7 @@ def bootstrap_ci(user_ids: Sequence[int] | np.ndarray, labels: Sequence[int] | n
 def evaluate_slices(frame: pd.DataFrame, *, score_col: str = "score", warm_col: str = "warm_sella",
                     cold_col: str = "cold", prefix: str = "test", bootstrap_samples: int = 0,
                     ci_level: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """AUC, UAUC and UAUC user count on all rows and on the warm and cold slices of ``frame``.
+    """AUC, UAUC, row and user counts (all users; UAUC's eligible ones) on all, warm and cold rows of ``frame``.
 
     Args:
         frame: rows with ``user``, ``label``, the score column and warm/cold flag columns.
@@ -158,6 +158,7 @@ def evaluate_slices(frame: pd.DataFrame, *, score_col: str = "score", warm_col: 
         out[metric_key(name, "uauc")] = result.value
         out[metric_key(name, "uauc_users")] = float(result.n_users)
         out[metric_key(name, "rows")] = float(len(rows))
+        out[metric_key(name, "users")] = float(len(np.unique(users)))
         if bootstrap_samples > 0 and len(rows):
             for metric in ("auc", "uauc"):
                 low, high = bootstrap_ci(users, labels, scores, metric, bootstrap_samples, ci_level, seed)

@@ -33,7 +33,10 @@ __all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "stage_ke
 
 log = logging.getLogger(__name__)
 STAGES = ("stage1", "stage2", "stage3")
-CODE_VERSION = {"stage1": 1, "stage2": 1, "stage3": 2}  # bump when a stage's output changes for the same config
+# Bump when a stage's output changes for the same config. Stage 1 and 3 entries hold valid metrics only since
+# version 2/3; their test metrics are entries of their own (``stage1_test``, ``stage3_test``) under the same key.
+CODE_VERSION = {"stage1": 2, "stage2": 2, "stage3": 3}
+TEST_STEPS = {"stage1": "stage1_test", "stage3": "stage3_test"}  # stage -> its on-demand test evaluation
 OnEval = Callable[[dict[str, float], int], None]
 
 
@@ -131,11 +134,10 @@ class _Run:
         self.cfg, self.ds, self.cache_dir = cfg, ds, cache_dir
         self.backbone = None
         self.model = None  # the backbone wrapped with the stage-1 adapter
+        self.trained_stage3 = None  # (injector, model) when stage 3 ran in this process
         rt = cfg.runtime
-        self.valid_rows = sample_rows(ds.split("valid"), cfg.eval.max_valid_samples, cfg.eval.max_rows_per_user,
-                                      rt.seed)
-        self.test_rows = sample_rows(ds.split("test"), cfg.eval.max_test_samples, cfg.eval.max_rows_per_user,
-                                     rt.seed + 1)
+        self.valid_rows = sample_rows(ds.split("valid"), cfg.eval.max_valid_samples, rt.seed)
+        self.test_rows = sample_rows(ds.split("test"), cfg.eval.max_test_samples, rt.seed + 1)
 
     def load_backbone(self):
         if self.backbone is None:
@@ -165,8 +167,8 @@ def _stage1(run: _Run, scratch: Path, on_eval: OnEval | None) -> dict:
                      on_eval=on_eval)
     run.model = out.model
     metrics = {**nest_metrics(out.metrics), "trainable_params": sum(v.numel() for v in out.adapter.values()),
-               "steps": out.steps, "train_samples": out.train_samples, "truncated_prompts": out.truncated,
-               "seconds": round(out.seconds, 2), "history": out.history}
+               "best_step": out.best_step, "steps": out.steps, "train_samples": out.train_samples,
+               "truncated_prompts": out.truncated, "seconds": round(out.seconds, 2), "history": out.history}
     _save(scratch, {"adapter": out.adapter}, metrics)
     return {"config": to_dict(cfg.stage1), "seconds": metrics["seconds"]}
 
@@ -220,8 +222,10 @@ def _stage3(run: _Run, stage2_folder: Path, scratch: Path, on_eval: OnEval | Non
     out = stage3.run(cfg.stage3, cfg.eval, run.ds, run.load_backbone(), run.model, mf, semantic,
                      valid_rows=run.valid_rows, test_rows=run.test_rows, max_length=cfg.backbone.max_length,
                      seed=cfg.runtime.seed + 3, progress=cfg.runtime.progress, on_eval=on_eval)
-    metrics = {**nest_metrics(out.metrics), "trainable_params": out.trainable_params, "steps": out.steps,
-               "train_samples": out.train_samples, "seconds": round(out.seconds, 2), "history": out.history}
+    run.trained_stage3 = (out.injector, out.model)
+    metrics = {**nest_metrics(out.metrics), "trainable_params": out.trainable_params, "best_step": out.best_step,
+               "steps": out.steps, "train_samples": out.train_samples, "seconds": round(out.seconds, 2),
+               "history": out.history}
     tensors = {"injector": out.injector.state_dict()}
     if out.adapter is not None:
         tensors["adapter"] = out.adapter
@@ -229,13 +233,54 @@ def _stage3(run: _Run, stage2_folder: Path, scratch: Path, on_eval: OnEval | Non
     return {"config": to_dict(cfg.stage3), "seconds": metrics["seconds"]}
 
 
-def run_pipeline(cfg: SellaConfig, out_dir: Path, *, on_eval: OnEval | None = None) -> PipelineResult:
+def _test_metrics(out: dict[str, float], start: float) -> dict:
+    return {**nest_metrics(out), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _stage1_test(run: _Run, scratch: Path) -> dict:
+    """Score the stage-1 model (``run.model``) on the test rows into ``scratch``."""
+    from sellarec.stages import stage1
+
+    cfg, start = run.cfg, time.perf_counter()
+    out = stage1.evaluate_test(run.model, cfg.eval, run.ds, run.load_backbone(), test_rows=run.test_rows,
+                               max_length=cfg.backbone.max_length, seed=cfg.runtime.seed + 1,
+                               progress=cfg.runtime.progress)
+    metrics = _test_metrics(out, start)
+    (scratch / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return {"seconds": metrics["seconds"]}
+
+
+def _stage3_test(run: _Run, stage2_folder: Path, stage3_folder: Path, scratch: Path) -> dict:
+    """Score the trained stage 3 (this process's, or the cached one rebuilt) on the test rows into ``scratch``."""
+    from sellarec.stages import stage3
+
+    cfg, start = run.cfg, time.perf_counter()
+    backbone = run.load_backbone()
+    if run.trained_stage3 is None:
+        mf, semantic = _load_mf(run, stage2_folder)
+        adapter_path = stage3_folder / "adapter.safetensors"
+        run.trained_stage3 = stage3.restore(
+            cfg.stage3, backbone, run.model, mf, semantic, load_file(str(stage3_folder / "injector.safetensors")),
+            load_file(str(adapter_path)) if adapter_path.is_file() else None, seed=cfg.runtime.seed + 3)
+    injector, model = run.trained_stage3
+    out = stage3.evaluate_test(cfg.stage3, cfg.eval, run.ds, backbone, model, injector, test_rows=run.test_rows,
+                               max_length=cfg.backbone.max_length, seed=cfg.runtime.seed + 3,
+                               progress=cfg.runtime.progress)
+    metrics = _test_metrics(out, start)
+    (scratch / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return {"seconds": metrics["seconds"]}
+
+
+def run_pipeline(cfg: SellaConfig, out_dir: Path, *, on_eval: OnEval | None = None,
+                 evaluate_test: bool = True) -> PipelineResult:
     """Run the stages ``cfg.final_stage`` needs, through the shared stage cache, and write the run folder.
 
     Args:
         cfg: the run's configuration.
         out_dir: run folder (``config.yaml``, ``metrics.json``).
         on_eval: called with intermediate validation metrics and the step (Tune's report in a trial).
+        evaluate_test: score the LLM stages on the test rows too (each a cache entry of its own); a sweep, which
+            selects on valid, passes False and skips that cost. Stage 2's MF is always scored (seconds).
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -264,10 +309,25 @@ def run_pipeline(cfg: SellaConfig, out_dir: Path, *, on_eval: OnEval | None = No
         log.info("%s: %s (%s)", name, "cache hit" if hit else "computed", folder)
         return folder
 
+    def test_step(name: str, compute: Callable[[Path], dict]) -> None:
+        """The test evaluation of stage ``name``: its own entry, under the stage's key, merged into its metrics."""
+        step = TEST_STEPS[name]
+        folder, hit = store.get_or_compute(step, keys[name], lambda scratch: {**common_meta, **compute(scratch)})
+        result.cache[step] = "hit" if hit else "miss"
+        result.metrics["cache"] = dict(result.cache)
+        test = json.loads((folder / "metrics.json").read_text())
+        result.metrics[name] = {**result.metrics[name], **{k: v for k, v in test.items() if k != "seconds"},
+                                "test_seconds": test["seconds"]}
+        write_json_atomic(out_dir / "metrics.json", result.metrics)
+
     if needs["stage1"]:
         stage("stage1", lambda scratch: _stage1(run, scratch, on_eval), lambda folder: _load_stage1(run, folder))
+        if evaluate_test:
+            test_step("stage1", lambda scratch: _stage1_test(run, scratch))
     if "stage2" in keys:
         folder2 = stage("stage2", lambda scratch: _stage2(run, scratch, needs["semantic"]), None)
     if needs["stage3"]:
-        stage("stage3", lambda scratch: _stage3(run, folder2, scratch, on_eval), None)
+        folder3 = stage("stage3", lambda scratch: _stage3(run, folder2, scratch, on_eval), None)
+        if evaluate_test:
+            test_step("stage3", lambda scratch: _stage3_test(run, folder2, folder3, scratch))
     return result

@@ -35,20 +35,28 @@ def _cell(split: dict[str, Any], name: str, ci: bool) -> str:
     return f"{value:.4f}"
 
 
+def _rows(split: dict[str, Any]) -> str:
+    """``1500 (631)``: rows and distinct users (UAUC's eligible users in runs that predate the user count)."""
+    users = split.get("users", split.get("uauc_users"))
+    return f"{int(split.get('rows', 0))} ({int(users) if users is not None else 'n/a'})"
+
+
 def runs_markdown(folders: list[Path]) -> str:
-    """A markdown table of each run's final-stage metrics (test values with their 95% user-bootstrap CI)."""
+    """A markdown table of each run's final-stage metrics (AUCs with their 95% user-bootstrap CI, rows, users)."""
     runs = [load_run(f) for f in folders]
-    header = ("| run | model | valid AUC | valid UAUC | test AUC [95% CI] | test UAUC [95% CI] | warm AUC | warm UAUC "
-              "| cold AUC | cold UAUC | test rows (users) | trainable params | seconds |")
+    header = ("| run | model | valid AUC [95% CI] | valid UAUC | test AUC [95% CI] | test UAUC [95% CI] | warm AUC "
+              "| warm UAUC | cold AUC | cold UAUC | valid rows (users) | test rows (users) | warm / cold rows "
+              "| trainable params | seconds |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for run in runs:
         m = run["metrics"][run["final"]]
         params = m.get("trainable_params")
         lines.append(
-            f"| {run['name']} | {STAGE_NAMES[run['final']]} | {_cell(m['valid'], 'auc', False)} | "
+            f"| {run['name']} | {STAGE_NAMES[run['final']]} | {_cell(m['valid'], 'auc', True)} | "
             f"{_cell(m['valid'], 'uauc', False)} | {_cell(m['test'], 'auc', True)} | {_cell(m['test'], 'uauc', True)} | "
             f"{_cell(m['test_warm'], 'auc', False)} | {_cell(m['test_warm'], 'uauc', False)} | "
             f"{_cell(m['test_cold'], 'auc', False)} | {_cell(m['test_cold'], 'uauc', False)} | "
-            f"{int(m['test']['rows'])} ({int(m['test']['uauc_users'])}) | "
+            f"{_rows(m['valid'])} | {_rows(m['test'])} | "
+            f"{int(m['test_warm'].get('rows', 0))} / {int(m['test_cold'].get('rows', 0))} | "
             f"{f'{params:,}' if params is not None else 'n/a'} | {m.get('seconds', float('nan')):.0f} |")
     return "\n".join(lines) + "\n"

@@ -19,8 +19,8 @@ from sellarec.tuning.tracking import client_for
 
 __all__ = ["Study", "FOOTER_PARAMS", "FOOTER_TAGS", "load_study"]
 
-FOOTER_PARAMS = ("data.dataset", "data.max_users", "data.sample_seed", "data.warm_definition", "backbone.name",
-                 "eval.max_test_samples", "eval.max_rows_per_user", "eval.score_fn", "final_stage")
+FOOTER_PARAMS = ("data.dataset", "data.split", "data.max_users", "data.sample_seed", "data.warm_definition",
+                 "backbone.name", "eval.max_test_samples", "eval.score_fn", "final_stage")
 FOOTER_TAGS = ("data_fingerprint", "label_rule", "git_commit")
 
 

@@ -128,7 +128,8 @@ def _footer(study: Study, commands: list[str]) -> list[str]:
                                                                        if study.parent.get("git_commit") else set()))
     return [
         "## How these numbers were made", "",
-        f"* Data: {_distinct(runs, 'data.dataset')}, fingerprint {_distinct(runs, 'data_fingerprint')} (SHA-256 of the "
+        f"* Data: {_distinct(runs, 'data.dataset')}, split rule {_distinct(runs, 'data.split')} (None: the "
+        f"dataset's own), fingerprint {_distinct(runs, 'data_fingerprint')} (SHA-256 of the "
         "source files, the protocol version and the split and sampling settings); users kept: "
         f"{_distinct(runs, 'data.max_users')} (sample seed {_distinct(runs, 'data.sample_seed')}).",
         f"* Label rule: {'; '.join(sorted({str(v) for v in runs['label_rule'] if str(v)})) or 'n/a'}.",
@@ -136,9 +137,9 @@ def _footer(study: Study, commands: list[str]) -> list[str]:
         "class are skipped (CoLLM's uAUC).",
         "* Warm/cold: cold = the user or the item is absent from the train split; "
         + "; ".join(warm_text.get(w, w) for w in warm) + ".",
-        f"* Test rows: at most {_distinct(runs, 'eval.max_test_samples')} prompt-level rows, at most "
-        f"{_distinct(runs, 'eval.max_rows_per_user')} per user, drawn with the run's seed, so every cell at one seed "
-        f"scores the same rows (the pairing of the paired test); scores: {_distinct(runs, 'eval.score_fn')}.",
+        f"* Test rows: at most {_distinct(runs, 'eval.max_test_samples')} prompt-level rows drawn uniformly from the "
+        "test split with the run's seed, so every cell at one seed scores the same rows (the pairing of the paired "
+        f"test); scores: {_distinct(runs, 'eval.score_fn')}.",
         f"* Backbone: {_distinct(runs, 'backbone.name')}. Profile: `{study.profile}`. Commit: "
         + (", ".join(f"`{c}`" for c in commits) or "n/a") + ".",
         f"* Machine (the runner's): {study.parent.get('machine') or 'not recorded'}.",

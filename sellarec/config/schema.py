@@ -52,10 +52,16 @@ class DataConfig:
         history_len: number of most recent earlier positives shown in a prompt (SeLLa: 10).
         history_placeholder: render SeLLa's leading '' title when the user has fewer than history_len positives.
         warm_definition: 'sella' (user and item seen in train) or 'collm' (each seen more than 3 times in train).
-        valid_fraction: share of interactions (by time) in valid, for time-fraction splits (ml100k, csv).
-        test_fraction: share of interactions (by time) in test, for time-fraction splits (ml100k, csv).
-        max_users: keep a random subset of this many users (None = all); keeps UAUC meaningful.
-        sample_seed: seed of the user subsample.
+        split: split rule of ml100k and csv: 'global_time' (all rows by time, last ones valid then test),
+            'user_time' (each user's rows by time, RecBole's per-user ratio rule) or 'random' (RecBole's seeded
+            random split); None = the dataset's own rule (global_time for ml100k and csv; ml1m and amazon-book
+            always use CoLLM's time windows and reject any value).
+        valid_fraction: share of rows in valid under the ml100k/csv split rules (of all rows for global_time and
+            random, of each user's rows for user_time; default 0.1, RecBole's 8:1:1); ml1m and amazon-book ignore it.
+        test_fraction: share of rows in test, counted as for valid_fraction (default 0.1, RecBole's 8:1:1).
+        max_users: keep a random subset of this many users with all their interactions, after the split (None =
+            all); this limits everything downstream, the MF training data of stage 2 included, not just evaluation.
+        sample_seed: seed of the user subsample and of the 'random' split's permutation.
         csv_user: csv column holding the user id.
         csv_item: csv column holding the item id.
         csv_rating: csv column holding the rating.
@@ -70,6 +76,7 @@ class DataConfig:
     history_len: int = 10
     history_placeholder: bool = True
     warm_definition: Literal["sella", "collm"] = "sella"
+    split: Literal["global_time", "user_time", "random"] | None = None
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     max_users: int | None = None
@@ -89,6 +96,10 @@ class DataConfig:
                f"plus valid_fraction={self.valid_fraction} must leave data for train (< 1)")
         _check(self.max_users is None or self.max_users >= 2, "max_users", self.max_users,
                "must be >= 2 or null (all users)")
+        # CoLLM's window splits are part of those datasets' published protocol, so no other rule may replace them.
+        _check(self.split is None or self.dataset in ("ml100k", "csv"), "split", self.split,
+               f"applies to ml100k and csv only; data.dataset={self.dataset!r} uses CoLLM's time-window split: "
+               "leave data.split unset (--set data.split=null where a profile sets it)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,10 +167,12 @@ class Stage1Config:
         batch_size: samples per forward pass.
         grad_accum: forward passes per optimizer step (effective batch = batch_size * grad_accum; paper: 128).
         epochs: passes over the training prompts.
-        max_train_samples: use at most this many training prompts, sampled by user (None = all).
+        max_train_samples: use at most this many training prompts, rows drawn uniformly from the train split of
+            every user with the stage's seed (None = all).
         loss_mask: 'all_tokens' (official: every non-pad token) or 'answer_only'.
         grad_clip: max gradient norm.
-        eval_every_steps: optimizer steps between validation evaluations (0 = only at the end).
+        eval_every_steps: optimizer steps between evaluations on the ``eval.select_on`` split; the best one is
+            kept (0 = only at the end, so the last step is the model).
     """
 
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -299,10 +312,13 @@ class Stage3Config:
         batch_size: samples per forward pass.
         grad_accum: forward passes per optimizer step (paper ML-1M: effective 128).
         epochs: passes over the training prompts (paper: 1).
-        max_train_samples: use at most this many training prompts, sampled by user (None = all).
-        loss_mask: 'all_tokens' (official) or 'answer_only'.
+        max_train_samples: use at most this many training prompts, rows drawn uniformly from the train split of
+            every user with the stage's seed (None = all).
+        loss_mask: 'all_tokens' (official: every token after the first ID token carries gradient, most of it from
+            predicting prompt text) or 'answer_only' (the Yes/No answer tokens alone).
         grad_clip: max gradient norm.
-        eval_every_steps: optimizer steps between validation evaluations (0 = only at the end).
+        eval_every_steps: optimizer steps between evaluations on the ``eval.select_on`` split; the best one is
+            kept (0 = only at the end, so the last step is the model).
     """
 
     tokens: tuple[TokenName, ...] = ("user", "item", "warm")
@@ -341,20 +357,20 @@ class EvalConfig:
         score_fn: 'two_way_softmax' (softmax over the Yes/No logits, which equals P(Yes) / (P(Yes) + P(No));
             TALLRec/CoLLM) or 'double_softmax' (the official SeLLa code: sigmoid(P(Yes) - P(No)) of full-vocab P).
         batch_size: prompts per evaluation forward pass.
-        max_valid_samples: evaluate at most this many valid prompts, users drawn in random order (None = all).
-        max_test_samples: evaluate at most this many test prompts (None = all).
-        max_rows_per_user: when sampling, take at most this many random rows per user, so a small budget still
-            covers many users and UAUC keeps meaning (None = whole users).
+        max_valid_samples: evaluate at most this many valid prompts, drawn uniformly from the split's rows with
+            the run's seed (None = all); the same rows for every stage, method and ablation cell at one seed.
+        max_test_samples: evaluate at most this many test prompts, drawn as the valid ones (None = all).
         bootstrap_samples: user-level bootstrap resamples for confidence intervals (0 = none).
         ci_level: confidence level of the intervals.
-        select_on: split whose AUC picks the best checkpoint ('valid'; 'test' reproduces the official code).
+        select_on: split whose AUC picks the best checkpoint of the LLM stages at each evaluation
+            (``eval_every_steps``): 'valid', or 'test' to reproduce the official code (METHOD.md §6.5, gap #9:
+            a test-selected number is optimistic).
     """
 
     score_fn: ScoreFn = "two_way_softmax"
     batch_size: int = 16
     max_valid_samples: int | None = None
     max_test_samples: int | None = None
-    max_rows_per_user: int | None = None
     bootstrap_samples: int = 1000
     ci_level: float = 0.95
     select_on: Literal["valid", "test"] = "valid"
@@ -364,8 +380,6 @@ class EvalConfig:
         for name in ("max_valid_samples", "max_test_samples"):
             value = getattr(self, name)
             _check(value is None or value >= 2, f"{name}", value, "must be >= 2 or null (all)")
-        _check(self.max_rows_per_user is None or self.max_rows_per_user >= 2, "max_rows_per_user",
-               self.max_rows_per_user, "must be >= 2 (a user needs both labels) or null")
         _check(self.bootstrap_samples >= 0, "bootstrap_samples", self.bootstrap_samples, "must be >= 0")
         _check(0 < self.ci_level < 1, "ci_level", self.ci_level, "must be in (0, 1)")
 

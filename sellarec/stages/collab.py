@@ -117,7 +117,7 @@ def train_collab(cfg: Stage2Config, ds: Dataset, semantic: Tensor | None, *, see
         device: where the model and data live (the runtime picks it).
         report_rows: rows the final metrics are computed on, per split ('valid', 'test'); default the whole
             prompt-level splits. The pipeline passes the LLM stages' evaluation rows so all stages share them.
-        bootstrap_samples: user-bootstrap resamples for CIs on the test metrics (0 = none).
+        bootstrap_samples: user-bootstrap resamples for CIs on the reported metrics (0 = none).
 
     Returns:
         A :class:`CollabResult`.
@@ -192,7 +192,7 @@ def train_collab(cfg: Stage2Config, ds: Dataset, semantic: Tensor | None, *, see
     for split, rows in report_rows.items():
         scored = rows.assign(score=_score(model, rows, eval_batch_size, device))
         metrics.update(evaluate_slices(scored, warm_col=warm_col, prefix=split, seed=seed,
-                                       bootstrap_samples=bootstrap_samples if split == "test" else 0))
+                                       bootstrap_samples=bootstrap_samples))
     align = {"cos_before": cos_before, "cos_after": model.alignment_cosine(real_items)} if aligned else None
     return CollabResult(model=model, metrics=metrics, align=align, history=history, best_epoch=best_epoch,
                         epochs_run=len(history), seconds=time.perf_counter() - start_time)

@@ -19,10 +19,24 @@ from sellarec.stages.evaluation import decoder_and_head
 __all__ = ["distill_items"]
 
 
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, T) token ids and attention mask of token lists."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, ids in enumerate(rows):
+        input_ids[k, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[k, : len(ids)] = 1
+    return input_ids, attention
+
+
 @torch.inference_mode()
 def distill_items(cfg: Stage2Config, ds: Dataset, backbone: Backbone, model: torch.nn.Module, *,
                   max_length: int = 64, progress: bool = False) -> torch.Tensor:
     """Semantic table of shape (num_items, hidden) in float32; row 0 (padding) is zero.
+
+    Items are batched in order of prompt length (stable), so batches carry little padding; a row's vector does not
+    depend on its batch (to float rounding), so the table equals that of batches in item order.
 
     Args:
         cfg: stage-2 settings (item prompt template, batch size, faithful_int_cast).
@@ -37,17 +51,17 @@ def distill_items(cfg: Stage2Config, ds: Dataset, backbone: Backbone, model: tor
     body, _ = decoder_and_head(model)
     model.eval()
     table = torch.zeros(ds.num_items, backbone.hidden_size, dtype=torch.float32)
-    item_ids = list(range(1, ds.num_items))
-    for start in tqdm(range(0, len(item_ids), cfg.distill_batch_size), desc="stage2 distill", disable=not progress,
+    texts = [item_prompt(cfg.item_prompt, words, ds.titles[i]) for i in range(1, ds.num_items)]
+    tokens = tok(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(tokens)), key=lambda k: len(tokens[k]))
+    for start in tqdm(range(0, len(order), cfg.distill_batch_size), desc="stage2 distill", disable=not progress,
                       leave=False):
-        ids = item_ids[start: start + cfg.distill_batch_size]
-        texts = [item_prompt(cfg.item_prompt, words, ds.titles[i]) for i in ids]
-        enc = tok(texts, add_special_tokens=False, padding=True, truncation=True, max_length=max_length,
-                  return_tensors="pt", padding_side="right")
-        enc = {k: v.to(backbone.device) for k, v in enc.items()}
-        hidden = body(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state  # (B, T, D)
-        last = enc["attention_mask"].sum(dim=1) - 1
-        table[ids] = hidden[torch.arange(len(ids), device=hidden.device), last].float().cpu()
+        rows = order[start: start + cfg.distill_batch_size]
+        input_ids, attention = _pad([tokens[k] for k in rows], tok.pad_token_id)
+        hidden = body(input_ids=input_ids.to(backbone.device),
+                      attention_mask=attention.to(backbone.device)).last_hidden_state  # (B, T, D)
+        last = (attention.sum(dim=1) - 1).to(hidden.device)  # (B,) last real token
+        table[[k + 1 for k in rows]] = hidden[torch.arange(len(rows), device=hidden.device), last].float().cpu()
     if cfg.faithful_int_cast:
         table = table.to(torch.int64).to(torch.float32)  # reproduces the official bug on purpose
     return table

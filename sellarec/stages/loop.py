@@ -1,8 +1,8 @@
 """The optimisation loop shared by the LLM stages (1 and 3): accumulation, clipping, schedule, valid selection.
 
 One order per step (nanoGPT): forward, loss, backward, and every ``grad_accum`` micro-batches clip, step,
-schedule, zero_grad, log; every ``eval_every_steps`` steps and at the end, a validation pass whose AUC selects the
-state to keep.
+schedule, zero_grad, log; every ``eval_every_steps`` steps and at the end, an evaluation pass on the selection split
+(``eval.select_on``: valid, or test as the official code) whose AUC selects the state to keep.
 """
 
 from __future__ import annotations
@@ -43,14 +43,16 @@ class LoopResult:
     """Outcome of :func:`run_loop`.
 
     Attributes:
-        best_state: what ``snapshot()`` returned at the best validation AUC.
-        best_valid_scores: the validation scores of that state.
-        history: one record per evaluation (step, lr, mean train loss since the last one, valid AUC).
+        best_state: what ``snapshot()`` returned at the best AUC on the selection split.
+        best_scores: the selection split's scores of that state.
+        best_step: the optimizer step of that state.
+        history: one record per evaluation (step, lr, mean train loss since the last one, ``<split>/auc``).
         steps: optimizer steps taken.
     """
 
     best_state: Any
-    best_valid_scores: np.ndarray
+    best_scores: np.ndarray
+    best_step: int = 0
     history: list[dict] = field(default_factory=list)
     steps: int = 0
 
@@ -60,17 +62,19 @@ def run_loop(*, name: str, examples: Sequence[Any], batch_size: int, grad_accum:
              betas: tuple[float, float], weight_decay: float, grad_clip: float, schedule: str, warmup_ratio: float,
              eval_every_steps: int, evaluate: Callable[[], tuple[float, np.ndarray]], snapshot: Callable[[], Any],
              train_mode: Callable[[], None], generator: torch.Generator, progress: bool = False,
-             on_eval: Callable[[dict[str, float], int], None] | None = None) -> LoopResult:
-    """Train ``params`` with AdamW on shuffled micro-batches of ``examples`` and keep the best-on-valid state.
+             on_eval: Callable[[dict[str, float], int], None] | None = None, select_on: str = "valid") -> LoopResult:
+    """Train ``params`` with AdamW on shuffled micro-batches of ``examples`` and keep the best state on ``select_on``.
 
     Args:
         name: stage name for logs and the progress bar.
         loss_fn: micro-batch (list of examples) -> scalar loss (mean over its targets).
-        evaluate: returns (valid AUC, valid scores) of the current state.
+        evaluate: returns (AUC, scores) of the current state on the selection split.
         snapshot: returns a copy of the state to keep when validation improves.
         train_mode: puts the model(s) back in training mode after an evaluation.
         generator: shuffling RNG.
-        on_eval: called with ``{"<name>/valid_auc", "<name>/train_loss"}`` and the step after every evaluation.
+        on_eval: called with ``{"<name>/<select_on>_auc", "<name>/train_loss"}`` and the step after every
+            evaluation (a sweep's ASHA rungs).
+        select_on: name of the split ``evaluate`` scores (keys and logs only).
         Other arguments are the stage's optimisation settings.
     """
     from sellarec.data.batches import iter_batches
@@ -80,7 +84,7 @@ def run_loop(*, name: str, examples: Sequence[Any], batch_size: int, grad_accum:
     total_steps = epochs * math.ceil(micro_per_epoch / grad_accum)
     warmup = max(1, math.ceil(warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(schedule, s, warmup, total_steps))
-    result = LoopResult(best_state=None, best_valid_scores=np.zeros(0))
+    result = LoopResult(best_state=None, best_scores=np.zeros(0))
     best_auc, running = -math.inf, []
     train_mode()
     bar = tqdm(total=total_steps, desc=name, disable=not progress, leave=False)
@@ -101,17 +105,21 @@ def run_loop(*, name: str, examples: Sequence[Any], batch_size: int, grad_accum:
             bar.set_postfix(loss=f"{np.mean(running):.4f}")
             if result.steps != total_steps and not (eval_every_steps and result.steps % eval_every_steps == 0):
                 continue
-            valid_auc, valid_scores = evaluate()
+            select_auc, select_scores = evaluate()
             record = {"step": result.steps, "lr": scheduler.get_last_lr()[0], "train_loss": float(np.mean(running)),
-                      "valid/auc": valid_auc}
+                      f"{select_on}/auc": select_auc}
             result.history.append(record)
             running = []
-            log.info("%s step %d/%d loss %.4f valid AUC %.4f", name, result.steps, total_steps,
-                     record["train_loss"], valid_auc)
+            log.info("%s step %d/%d loss %.4f %s AUC %.4f", name, result.steps, total_steps,
+                     record["train_loss"], select_on, select_auc)
             if on_eval is not None:
-                on_eval({f"{name}/valid_auc": valid_auc, f"{name}/train_loss": record["train_loss"]}, result.steps)
-            if result.best_state is None or valid_auc > best_auc:
-                best_auc, result.best_state, result.best_valid_scores = valid_auc, snapshot(), valid_scores
+                on_eval({f"{name}/{select_on}_auc": select_auc, f"{name}/train_loss": record["train_loss"]},
+                        result.steps)
+            # A NaN AUC (one class) never wins; ties keep the earlier, cheaper-to-reach state.
+            rank = -math.inf if math.isnan(select_auc) else select_auc
+            if result.best_state is None or rank > best_auc:
+                best_auc, result.best_state, result.best_scores = rank, snapshot(), select_scores
+                result.best_step = result.steps
             train_mode()
     bar.close()
     return result

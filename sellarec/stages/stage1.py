@@ -1,7 +1,8 @@
 """Stage 1: LoRA instruction tuning of the LLM on Yes/No CTR prompts (METHOD.md §2; TALLRec-style).
 
-Inputs: the dataset, the backbone, the shared evaluation rows. Output: the best-on-valid adapter weights and the
-AUC/UAUC of the stage-1 model (the `tallrec` baseline) on valid and test, with warm/cold slices.
+Inputs: the dataset, the backbone, the shared evaluation rows. Output: the adapter weights selected on
+``eval.select_on`` and the AUC/UAUC of the stage-1 model (the `tallrec` baseline) on valid; :func:`evaluate_test` adds
+test, with warm/cold slices.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sellarec.models.lora import adapter_state, attach_lora, load_adapter_state
 from sellarec.stages.evaluation import evaluate_scores, score_examples
 from sellarec.stages.loop import run_loop
 
-__all__ = ["Stage1Output", "run"]
+__all__ = ["Stage1Output", "run", "evaluate_test"]
 
 OnEval = Callable[[dict[str, float], int], None]
 
@@ -32,10 +33,12 @@ class Stage1Output:
     """What stage 1 hands on.
 
     Attributes:
-        model: the backbone wrapped with the (best-on-valid) adapter, frozen, in eval mode.
+        model: the backbone wrapped with the selected adapter, frozen, in eval mode.
         adapter: detached copy of the adapter weights.
-        metrics: ``valid/auc``, ``test/uauc``, ``test_warm/auc``, ... of the selected adapter.
-        history: one record per evaluation (step, lr, train loss, valid AUC).
+        metrics: ``valid/auc``, ``valid/auc_ci_low``, ``valid_warm/auc``, ... of the selected adapter (test metrics
+            come from :func:`evaluate_test`, a step of their own that sweeps skip).
+        history: one record per evaluation (step, lr, train loss, AUC on the selection split).
+        best_step: the optimizer step of the selected adapter.
         steps: optimizer steps taken.
         train_samples: training prompts used.
         truncated: prompts that had history titles dropped to fit ``backbone.max_length``.
@@ -46,16 +49,26 @@ class Stage1Output:
     adapter: dict[str, torch.Tensor]
     metrics: dict[str, float]
     history: list[dict] = field(default_factory=list)
+    best_step: int = 0
     steps: int = 0
     train_samples: int = 0
     truncated: int = 0
     seconds: float = 0.0
 
 
+def _score(model: torch.nn.Module, backbone: Backbone, examples: list, eval_cfg: EvalConfig, split: str,
+           progress: bool) -> np.ndarray:
+    return score_examples(backbone, examples, batch_size=eval_cfg.batch_size, score_fn=eval_cfg.score_fn,
+                          model=model, progress=progress, desc=f"stage1 {split}")
+
+
 def run(cfg: Stage1Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone, *, valid_rows: pd.DataFrame,
         test_rows: pd.DataFrame, max_length: int, seed: int, progress: bool = False,
         on_eval: OnEval | None = None) -> Stage1Output:
-    """Train the LoRA adapter and evaluate it. See the module docstring."""
+    """Train the LoRA adapter, selecting on ``eval_cfg.select_on``, and evaluate it on valid. See the module docstring.
+
+    ``test_rows`` are scored during training only when ``eval.select_on`` is 'test' (the official code's choice).
+    """
     start = time.perf_counter()
     # --- inputs
     train_rows = ds.split("train")
@@ -64,8 +77,10 @@ def run(cfg: Stage1Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone
     tok = backbone.tokenizer
     train = build_examples(ds, train_rows, tok, stage=1, max_length=max_length, with_answer=True)
     valid = build_examples(ds, valid_rows, tok, stage=1, max_length=max_length, with_answer=False)
-    test = build_examples(ds, test_rows, tok, stage=1, max_length=max_length, with_answer=False)
-    truncated = sum(e.truncated_titles > 0 for e in train + valid + test)
+    select_rows = valid_rows if eval_cfg.select_on == "valid" else test_rows
+    select = (valid if eval_cfg.select_on == "valid" else
+              build_examples(ds, test_rows, tok, stage=1, max_length=max_length, with_answer=False))
+    truncated = sum(e.truncated_titles > 0 for e in train + valid)
 
     # --- model
     model = attach_lora(backbone.model, cfg.lora, trainable=True)
@@ -74,30 +89,38 @@ def run(cfg: Stage1Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone
         batch = collate(chunk, tok.pad_token_id, cfg.loss_mask).to(backbone.device)
         return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
 
-    def scores_of(examples: list, split: str) -> np.ndarray:
-        return score_examples(backbone, examples, batch_size=eval_cfg.batch_size, score_fn=eval_cfg.score_fn,
-                              model=model, progress=progress, desc=f"stage1 {split}")
-
-    def evaluate_valid() -> tuple[float, np.ndarray]:
-        scores = scores_of(valid, "valid")
-        return evaluate_scores(ds, valid_rows, scores, eval_cfg, "valid")["valid/auc"], scores
+    def evaluate_select() -> tuple[float, np.ndarray]:
+        scores = _score(model, backbone, select, eval_cfg, eval_cfg.select_on, progress)
+        return evaluate_scores(ds, select_rows, scores, eval_cfg, "select")["select/auc"], scores
 
     # --- train
     loop = run_loop(
         name="stage1", examples=train, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, epochs=cfg.epochs,
         loss_fn=loss_fn, params=[p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, schedule=cfg.schedule,
-        warmup_ratio=cfg.warmup_ratio, eval_every_steps=cfg.eval_every_steps, evaluate=evaluate_valid,
+        warmup_ratio=cfg.warmup_ratio, eval_every_steps=cfg.eval_every_steps, evaluate=evaluate_select,
         snapshot=lambda: adapter_state(model), train_mode=model.train,
-        generator=torch.Generator().manual_seed(seed), progress=progress, on_eval=on_eval)
+        generator=torch.Generator().manual_seed(seed), progress=progress, on_eval=on_eval,
+        select_on=eval_cfg.select_on)
 
-    # --- evaluate the best-on-valid adapter
+    # --- evaluate the selected adapter on valid
     load_adapter_state(model, loop.best_state)
     model.eval()
     model.requires_grad_(False)
-    metrics = evaluate_scores(ds, valid_rows, loop.best_valid_scores, eval_cfg, "valid", seed=seed)
-    metrics.update(evaluate_scores(ds, test_rows, scores_of(test, "test"), eval_cfg, "test", seed=seed,
-                                   bootstrap=True))
+    valid_scores = (loop.best_scores if eval_cfg.select_on == "valid"
+                    else _score(model, backbone, valid, eval_cfg, "valid", progress))
+    metrics = evaluate_scores(ds, valid_rows, valid_scores, eval_cfg, "valid", seed=seed, bootstrap=True)
     return Stage1Output(model=model, adapter=loop.best_state, metrics=metrics, history=loop.history,
-                        steps=loop.steps, train_samples=len(train), truncated=truncated,
+                        best_step=loop.best_step, steps=loop.steps, train_samples=len(train), truncated=truncated,
                         seconds=time.perf_counter() - start)
+
+
+def evaluate_test(model: torch.nn.Module, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone, *,
+                  test_rows: pd.DataFrame, max_length: int, seed: int, progress: bool = False) -> dict[str, float]:
+    """AUC/UAUC with bootstrap CIs of the stage-1 model on ``test_rows`` (all, warm, cold): the TALLRec-style number.
+
+    A step of its own so that a sweep, which selects on valid and never needs it, skips it.
+    """
+    test = build_examples(ds, test_rows, backbone.tokenizer, stage=1, max_length=max_length, with_answer=False)
+    scores = _score(model, backbone, test, eval_cfg, "test", progress)
+    return evaluate_scores(ds, test_rows, scores, eval_cfg, "test", seed=seed, bootstrap=True)

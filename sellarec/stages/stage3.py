@@ -1,7 +1,8 @@
 """Stage 3: SeLLa-Rec proper: ID tokens injected through the hybrid projection layer, LLM frozen (METHOD.md §5).
 
 Inputs: the stage-1 model (frozen adapter), stage 2's MF model and semantic table. Output: the trained injector
-(MF tables, semantic table, projectors) and AUC/UAUC on valid, test, test-warm and test-cold.
+(MF tables, semantic table, projectors) and AUC/UAUC on valid; :func:`evaluate_test` adds test, test-warm and
+test-cold.
 
 Two training steps give the same loss and the same gradients (tested): ``official`` pads every prompt to
 ``max_length`` and runs the whole sequence with gradients and full-vocabulary logits, as the official code does;
@@ -35,7 +36,7 @@ from sellarec.models.projector import build_collab_projector, build_semantic_pro
 from sellarec.stages.evaluation import decoder_and_head, evaluate_scores, score_examples
 from sellarec.stages.loop import run_loop
 
-__all__ = ["Stage3Output", "build_injector", "fast_loss", "official_loss", "run"]
+__all__ = ["Stage3Output", "build_injector", "fast_loss", "official_loss", "run", "restore", "evaluate_test"]
 
 OnEval = Callable[[dict[str, float], int], None]
 TOKEN_NAMES = {"user": "<User_ID>", "item": "<Item_ID>", "warm": "<Warm_ID>"}
@@ -46,10 +47,12 @@ class Stage3Output:
     """What stage 3 hands on.
 
     Attributes:
-        injector: the best-on-valid injector, in eval mode.
+        injector: the injector selected on ``eval.select_on``, in eval mode.
+        model: the LLM it runs with (the stage-1 model, or its merge with the stage-3 adapter), in eval mode.
         adapter: the stage-3 adapter weights when ``train_lora`` is set, else None.
-        metrics: ``valid/auc``, ``test/uauc``, ``test_warm/auc``, ``test_cold/uauc``, ... with test CIs.
+        metrics: ``valid/auc``, ``valid/auc_ci_low``, ``valid_warm/uauc``, ... (test: :func:`evaluate_test`).
         history: one record per evaluation.
+        best_step: the optimizer step of the selected state.
         trainable_params: number of trained parameters (injector, plus the stage-3 adapter if any).
         steps: optimizer steps taken.
         train_samples: training prompts used.
@@ -57,9 +60,11 @@ class Stage3Output:
     """
 
     injector: IdTokenInjector
+    model: nn.Module
     metrics: dict[str, float]
     adapter: dict[str, Tensor] | None = None
     history: list[dict] = field(default_factory=list)
+    best_step: int = 0
     trainable_params: int = 0
     steps: int = 0
     train_samples: int = 0
@@ -169,10 +174,47 @@ def fast_loss(model: nn.Module, injector: IdTokenInjector, batch: Batch, *, exac
     return (prefix_sum + suffix_sum) / n_targets
 
 
+def _stage3_model(cfg: Stage3Config, model: nn.Module) -> nn.Module:
+    """The LLM stage 3 runs: the stage-1 model, or (``train_lora``) its merge with a new trainable adapter."""
+    if cfg.train_lora:
+        # differs from official SeLLa (METHOD.md #5): the stage-1 adapter is merged and a new one trains here.
+        return attach_lora(model.merge_and_unload(), cfg.lora, trainable=True)
+    return model
+
+
+def _score(backbone: Backbone, model: nn.Module, injector: IdTokenInjector, examples: list, eval_cfg: EvalConfig,
+           split: str, progress: bool) -> np.ndarray:
+    return score_examples(backbone, examples, batch_size=eval_cfg.batch_size, score_fn=eval_cfg.score_fn,
+                          model=model, embed=lambda b: _embed(model, injector, b), progress=progress,
+                          desc=f"stage3 {split}")
+
+
+@torch.no_grad()
+def token_norms(injector: IdTokenInjector, model: nn.Module, rows: pd.DataFrame, device: torch.device
+                ) -> dict[str, float]:
+    """Mean L2 norm of each injected token's vector over ``rows`` against the vocabulary's mean embedding norm.
+
+    A diagnostic of whether the projected vectors live on the scale of the word embeddings the LLM was trained on
+    (``norms/user``, ``norms/item``, ``norms/warm``, ``norms/vocab``).
+    """
+    users = torch.as_tensor(rows["user"].to_numpy(copy=True), device=device)
+    items = torch.as_tensor(rows["item"].to_numpy(copy=True), device=device)
+    vocab = model.get_input_embeddings().weight
+    special = list(injector.token_ids.values())
+    keep = torch.ones(vocab.shape[0], dtype=torch.bool, device=vocab.device)
+    keep[special] = False
+    out = {f"norms/{name}": float(v.float().norm(dim=-1).mean())
+           for name, v in injector.token_vectors(users, items).items()}
+    out["norms/vocab"] = float(vocab[keep].float().norm(dim=-1).mean())
+    return out
+
+
 def run(cfg: Stage3Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone, model: nn.Module, mf: AlignedMF,
         semantic: Tensor, *, valid_rows: pd.DataFrame, test_rows: pd.DataFrame, max_length: int, seed: int,
         progress: bool = False, on_eval: OnEval | None = None) -> Stage3Output:
-    """Train the injector (and optionally a stage-3 adapter) and evaluate it. See the module docstring."""
+    """Train the injector (and optionally a stage-3 adapter), selecting on ``eval_cfg.select_on``, and evaluate it on
+    valid. See the module docstring; :func:`evaluate_test` adds test. ``test_rows`` are scored during training only
+    when ``eval.select_on`` is 'test' (the official code's choice)."""
     start = time.perf_counter()
     if not cfg.tokens:
         raise ConfigError("stage3.tokens is empty, so stage 3 has nothing to inject; use --until stage1 "
@@ -187,13 +229,13 @@ def run(cfg: Stage3Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone
         return build_examples(ds, rows, tok, stage=3, tokens=cfg.tokens, max_length=max_length,
                               with_answer=with_answer)
 
-    train, valid, test = examples(train_rows, True), examples(valid_rows, False), examples(test_rows, False)
+    train, valid = examples(train_rows, True), examples(valid_rows, False)
+    select_rows = valid_rows if eval_cfg.select_on == "valid" else test_rows
+    select = valid if eval_cfg.select_on == "valid" else examples(test_rows, False)
 
     # --- model
     injector = build_injector(cfg, mf, semantic, backbone, seed=seed)
-    if cfg.train_lora:
-        # differs from official SeLLa (METHOD.md #5): the stage-1 adapter is merged and a new one trains here.
-        model = attach_lora(model.merge_and_unload(), cfg.lora, trainable=True)
+    model = _stage3_model(cfg, model)
     params = [p for p in injector.parameters() if p.requires_grad]
     params += [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -206,14 +248,9 @@ def run(cfg: Stage3Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone
             return official_loss(model, injector, batch, max_length if cfg.step == "official" else 0)
         return fast_loss(model, injector, batch, exact_value=False)
 
-    def scores_of(items: list, split: str) -> np.ndarray:
-        return score_examples(backbone, items, batch_size=eval_cfg.batch_size, score_fn=eval_cfg.score_fn,
-                              model=model, embed=lambda b: _embed(model, injector, b), progress=progress,
-                              desc=f"stage3 {split}")
-
-    def evaluate_valid() -> tuple[float, np.ndarray]:
-        scores = scores_of(valid, "valid")
-        return evaluate_scores(ds, valid_rows, scores, eval_cfg, "valid")["valid/auc"], scores
+    def evaluate_select() -> tuple[float, np.ndarray]:
+        scores = _score(backbone, model, injector, select, eval_cfg, eval_cfg.select_on, progress)
+        return evaluate_scores(ds, select_rows, scores, eval_cfg, "select")["select/auc"], scores
 
     def train_mode() -> None:
         injector.train()
@@ -224,24 +261,58 @@ def run(cfg: Stage3Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone
         state["adapter"] = adapter_state(model) if cfg.train_lora else None
         return state
 
+    injector.eval()
+    norms_before = {f"{k}_init": v for k, v in token_norms(injector, model, valid_rows, backbone.device).items()}
+
     # --- train
     loop = run_loop(
         name="stage3", examples=train, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, epochs=cfg.epochs,
         loss_fn=loss_fn, params=params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
         grad_clip=cfg.grad_clip, schedule="constant_warmup", warmup_ratio=0.0,
-        eval_every_steps=cfg.eval_every_steps, evaluate=evaluate_valid,
+        eval_every_steps=cfg.eval_every_steps, evaluate=evaluate_select,
         snapshot=snapshot, train_mode=train_mode,
-        generator=torch.Generator().manual_seed(seed), progress=progress, on_eval=on_eval)
+        generator=torch.Generator().manual_seed(seed), progress=progress, on_eval=on_eval,
+        select_on=eval_cfg.select_on)
 
-    # --- evaluate the best-on-valid state
+    # --- evaluate the selected state on valid
     injector.load_state_dict(loop.best_state["injector"])
     if cfg.train_lora:
         load_adapter_state(model, loop.best_state["adapter"])
     injector.eval()
     model.eval()
-    metrics = evaluate_scores(ds, valid_rows, loop.best_valid_scores, eval_cfg, "valid", seed=seed)
-    metrics.update(evaluate_scores(ds, test_rows, scores_of(test, "test"), eval_cfg, "test", seed=seed,
-                                   bootstrap=True))
-    return Stage3Output(injector=injector, metrics=metrics, adapter=loop.best_state["adapter"], history=loop.history,
+    valid_scores = (loop.best_scores if eval_cfg.select_on == "valid"
+                    else _score(backbone, model, injector, valid, eval_cfg, "valid", progress))
+    metrics = evaluate_scores(ds, valid_rows, valid_scores, eval_cfg, "valid", seed=seed, bootstrap=True)
+    metrics.update(norms_before)
+    metrics.update(token_norms(injector, model, valid_rows, backbone.device))
+    return Stage3Output(injector=injector, model=model, metrics=metrics, adapter=loop.best_state["adapter"],
+                        history=loop.history, best_step=loop.best_step,
                         trainable_params=sum(p.numel() for p in params), steps=loop.steps,
                         train_samples=len(train), seconds=time.perf_counter() - start)
+
+
+def restore(cfg: Stage3Config, backbone: Backbone, model: nn.Module, mf: AlignedMF, semantic: Tensor,
+            injector_state: dict[str, Tensor], adapter: dict[str, Tensor] | None, *, seed: int
+            ) -> tuple[IdTokenInjector, nn.Module]:
+    """Rebuild a trained stage 3 (injector, and the model it runs) from its saved weights, in eval mode."""
+    injector = build_injector(cfg, mf, semantic, backbone, seed=seed)
+    injector.load_state_dict(injector_state)
+    model = _stage3_model(cfg, model)
+    if adapter is not None:
+        load_adapter_state(model, adapter)
+    injector.eval()
+    model.eval()
+    return injector, model
+
+
+def evaluate_test(cfg: Stage3Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone, model: nn.Module,
+                  injector: IdTokenInjector, *, test_rows: pd.DataFrame, max_length: int, seed: int,
+                  progress: bool = False) -> dict[str, float]:
+    """AUC/UAUC with bootstrap CIs of a trained stage 3 on ``test_rows`` (all, warm, cold).
+
+    A step of its own so that a sweep, which selects on valid and never needs it, skips it.
+    """
+    test = build_examples(ds, test_rows, backbone.tokenizer, stage=3, tokens=cfg.tokens, max_length=max_length,
+                          with_answer=False)
+    scores = _score(backbone, model, injector, test, eval_cfg, "test", progress)
+    return evaluate_scores(ds, test_rows, scores, eval_cfg, "test", seed=seed, bootstrap=True)

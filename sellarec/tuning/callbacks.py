@@ -130,9 +130,10 @@ class ProgressPrinter(tune.Callback):
         result = trial.last_result or {}
         auc = result.get("valid/auc", math.nan)
         if COMPLETE_KEY in result:
-            self._say(trial, f"finished: valid/auc {auc:.4f}, valid/uauc {result.get('valid/uauc', math.nan):.4f}, "
-                             f"test/auc {result.get('test/auc', math.nan):.4f} "
-                             f"({result.get('trial_seconds', math.nan):.0f} s)")
+            low, high = result.get("valid/auc_ci_low", math.nan), result.get("valid/auc_ci_high", math.nan)
+            self._say(trial, f"finished: valid/auc {auc:.4f} [{low:.4f}, {high:.4f}] on "
+                             f"{result.get('valid/rows', math.nan):.0f} rows, valid/uauc "
+                             f"{result.get('valid/uauc', math.nan):.4f} ({result.get('trial_seconds', math.nan):.0f} s)")
         else:
             self._say(trial, f"stopped early at stage-3 step {result.get(STEP_KEY, math.nan):g}: valid/auc {auc:.4f}")
 

@@ -160,6 +160,10 @@ def check_options(o: SweepOptions) -> None:
             check_shared_tracking(o.tracking_uri)
 
 
+# Searching any of these gives trials different stage-3 step counts (ASHA's time axis).
+STEP_COUNT_KEYS = {"stage3.max_train_samples", "stage3.epochs", "stage3.batch_size", "stage3.grad_accum"}
+
+
 def _stage3_eval_cadence(cfg: SellaConfig, scheduler: str) -> tuple[list[str], int]:
     """ASHA needs several stage-3 evaluations: without one set, evaluate at the midpoint and at the end.
 
@@ -208,13 +212,17 @@ def new_plan(o: SweepOptions) -> tuple[SweepPlan, SearchSpace]:
     """
     space = load_space(o.space)
     profile = "tiny" if o.smoke_test else (o.profile or "quick")
-    overrides = [*o.overrides, "runtime.progress=false"]
+    overrides = [*space.fixed_overrides, *o.overrides, "runtime.progress=false"]
     cfg = load_config(profile, o.preset, overrides, o.config_file)
     space.validate(cfg)
     metric = o.metric or space.metric
     if o.scheduler == "asha" and metric != metric_key("valid", "auc"):
         raise ConfigError(f"--scheduler asha needs --metric {metric_key('valid', 'auc')} (the only metric of the "
                           f"intermediate stage-3 evaluations); use --scheduler fifo for {metric}")
+    step_keys = sorted(set(space.keys) & STEP_COUNT_KEYS)
+    if o.scheduler == "asha" and step_keys:
+        raise ConfigError(f"space {space.name} searches {step_keys[0]}, which changes the number of stage-3 steps; "
+                          "ASHA compares trials at common steps: pass --scheduler fifo")
     cadence, steps = _stage3_eval_cadence(cfg, o.scheduler)
     cfg = apply_overrides(cfg, cadence) if cadence else cfg
     num_samples = o.num_samples or space.num_samples
@@ -231,7 +239,8 @@ def new_plan(o: SweepOptions) -> tuple[SweepPlan, SearchSpace]:
     n_startup = space.sampler.n_startup_trials
     return SweepPlan(
         name=name, storage=storage, folder=str(folder), space_path=str(space.path), space_name=space.name,
-        profile=profile, preset=o.preset, overrides=[*o.overrides, *cadence], num_samples=num_samples,
+        profile=profile, preset=o.preset, overrides=[*space.fixed_overrides, *o.overrides, *cadence],
+        num_samples=num_samples,
         config_file=str(Path(o.config_file).resolve()) if o.config_file else None,
         sampler=o.sampler or space.sampler.kind, seed=space.sampler.seed if o.seed is None else o.seed,
         n_startup_trials=n_startup if n_startup is not None else min(10, max(1, num_samples // 2)),

@@ -106,11 +106,26 @@ def _cell(value: Any) -> str:
     return str(label(value))
 
 
+def _with_interval(row: TrialRow, metric: str) -> str:
+    """``0.7123 [0.6612, 0.7598] n=400``: the value, its 95 % CI and its rows where the trial reported them."""
+    value = _cell(row.metrics.get(metric))
+    low, high = row.metrics.get(f"{metric}_ci_low"), row.metrics.get(f"{metric}_ci_high")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and math.isfinite(low):
+        value += f" [{low:.4f}, {high:.4f}]"
+    split = metric.split("/", 1)[0]
+    n = row.metrics.get(f"{split}/rows")
+    if isinstance(n, (int, float)) and math.isfinite(n):
+        value += f" n={int(n)}"
+    return value
+
+
 def format_table(rows: list[TrialRow], keys: list[str], metric: str, *, markdown: bool) -> str:
-    """The table of ``rows`` (already ranked): rank, trial, status, metrics, searched parameters."""
-    metrics = [metric] + [m for m in _TABLE_METRICS if m != metric]
+    """The table of ``rows`` (already ranked): rank, trial, status, metrics (AUCs with their CI and rows where
+    reported; test columns only where a trial evaluated test), searched parameters."""
+    metrics = [metric] + [m for m in _TABLE_METRICS if m != metric
+                          and (not m.startswith("test") or any(m in r.metrics for r in rows))]
     header = ["rank", "trial", "status", *metrics, *(_short(k) for k in keys)]
-    body = [[str(i + 1), r.trial_id, r.status, *(_cell(r.metrics.get(m)) for m in metrics),
+    body = [[str(i + 1), r.trial_id, r.status, *(_with_interval(r, m) for m in metrics),
              *(_cell(r.params.get(k)) for k in keys)] for i, r in enumerate(rows)]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -237,7 +252,9 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
     parts = [f"# Sweep `{md_path.stem}`", "", *[f"* {line}" for line in header], ""]
     parts += ["## Best configuration", ""]
     if best is not None:
-        parts += [f"Trial `{best.trial_id}`: {metric} = {_cell(best.metrics.get(metric))}.", "", "```bash",
+        parts += [f"Trial `{best.trial_id}`: {metric} = {_with_interval(best, metric)} (95 % user-bootstrap "
+                  "interval, rows). Trials whose intervals overlap are not told apart by this sweep. The command "
+                  "below retrains it from the stage cache and evaluates it on test:", "", "```bash",
                   best_command, "```", ""]
     else:
         parts += ["No trial finished.", ""]

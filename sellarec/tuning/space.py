@@ -113,6 +113,8 @@ class SearchSpace:
         num_samples: number of trials.
         sampler: the sampler settings.
         params: the searched parameters, in file order (conditions refer to earlier ones).
+        fixed: settings every trial runs with (``fixed:`` in the file, included spaces' first), e.g. the budget;
+            ``--set`` overrides them.
     """
 
     name: str
@@ -122,6 +124,16 @@ class SearchSpace:
     num_samples: int = 8
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     params: tuple[ParamSpec, ...] = ()
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fixed_overrides(self) -> list[str]:
+        """``fixed`` as ``key=value`` overrides (the form ``--set`` and the printed train command take)."""
+        def text(value: Any) -> str:
+            if isinstance(value, list):
+                return "[" + ",".join(text(v) for v in value) + "]"
+            return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        return [f"{key}={text(value)}" for key, value in self.fixed.items()]
 
     @property
     def keys(self) -> list[str]:

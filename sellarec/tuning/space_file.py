@@ -18,7 +18,7 @@ from sellarec.tuning.space import METRICS, SAMPLERS, ParamSpec, SamplerSpec, Sea
 __all__ = ["load_space", "parse_space", "space_dir", "list_spaces"]
 
 _KINDS = ("choice", "subsets", "int", "float")
-_TOP_KEYS = ("metric", "mode", "num_samples", "sampler", "params", "include")
+_TOP_KEYS = ("metric", "mode", "num_samples", "sampler", "params", "include", "fixed")
 _SPEC_KEYS = {"choice": (), "subsets": (), "int": ("log", "step"), "float": ("log", "step")}
 
 
@@ -213,6 +213,21 @@ def _parse_params(prefix: str, raw: Any, earlier: dict[str, ParamSpec]) -> None:
         earlier[key] = _parse_param(f"{prefix}params.{key}", key, spec, earlier)
 
 
+def _parse_fixed(where: str, raw: Any, fixed: dict[str, Any], params: dict[str, ParamSpec]) -> None:
+    """``fixed: {dotted.path: value}``: settings every trial of the space runs with (its budget, say)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}fixed must be a mapping of dotted config paths to values, got {raw!r}")
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"{where}fixed: {key!r} is not a dotted config path such as stage3.lr")
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, dict) or not all(v is None or isinstance(v, (bool, int, float, str)) for v in items):
+            raise ConfigError(f"{where}fixed.{key} must be a scalar or a list of scalars, got {value!r}")
+        if key in params:
+            raise ConfigError(f"{where}fixed.{key} is also a searched parameter; keep one")
+        fixed[key] = value
+
+
 def parse_space(raw: Any, path: Path, _seen: tuple[Path, ...] = ()) -> SearchSpace:
     """Build a :class:`SearchSpace` from the loaded YAML of ``path``.
 
@@ -228,6 +243,7 @@ def parse_space(raw: Any, path: Path, _seen: tuple[Path, ...] = ()) -> SearchSpa
             hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(_TOP_KEYS)}"
             raise ConfigError(f"{where}unknown field '{key}' ({hint})")
     params: dict[str, ParamSpec] = {}
+    fixed: dict[str, Any] = {}
     include = raw.get("include", [])
     if not isinstance(include, list) or not all(isinstance(n, str) for n in include):
         raise ConfigError(f"{where}include must be a list of space names, got {include!r}")
@@ -235,13 +251,19 @@ def parse_space(raw: Any, path: Path, _seen: tuple[Path, ...] = ()) -> SearchSpa
         other = path.parent / f"{name}.yaml"
         if other.resolve() in _seen or other.resolve() == path.resolve():
             raise ConfigError(f"{where}include '{name}' includes itself; remove the cycle")
-        for spec in parse_space(_read(other), other, (*_seen, path.resolve())).params:
+        included = parse_space(_read(other), other, (*_seen, path.resolve()))
+        for spec in included.params:
             if spec.key in params:
                 raise ConfigError(f"{where}include '{name}' defines {spec.key} again; keep one")
             params[spec.key] = spec
+        fixed.update(included.fixed)
     if "params" not in raw and not params:
         raise ConfigError(f"{where}needs params: a mapping of dotted config paths to distributions")
     _parse_params(where, raw.get("params") or {}, params)
+    _parse_fixed(where, raw.get("fixed") or {}, fixed, params)
+    clash = sorted(set(fixed) & set(params))
+    if clash:
+        raise ConfigError(f"{where}fixed.{clash[0]} is searched by an included space; keep one")
     if not params:
         raise ConfigError(f"{where}params is empty; list at least one dotted config path")
     metric = raw.get("metric", "valid/auc")
@@ -254,7 +276,8 @@ def parse_space(raw: Any, path: Path, _seen: tuple[Path, ...] = ()) -> SearchSpa
     if not _is_number(num_samples, integer=True) or num_samples < 1:
         raise ConfigError(f"{where}num_samples={num_samples!r} must be an integer >= 1")
     return SearchSpace(name=path.stem, path=path.resolve(), metric=metric, mode=mode, num_samples=num_samples,
-                       sampler=_parse_sampler(f"{where}sampler", raw.get("sampler")), params=tuple(params.values()))
+                       sampler=_parse_sampler(f"{where}sampler", raw.get("sampler")), params=tuple(params.values()),
+                       fixed=fixed)
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:

@@ -258,6 +258,45 @@ def _interrupted(plan: SweepPlan, tracker: SweepTracker, resume: str, seconds: f
                         parent_run_id=plan.parent_run_id, seconds=seconds)
 
 
+def _shared_stages_first(plan: SweepPlan, space: SearchSpace, address: str | None) -> None:
+    """Compute the stages every trial shares (1 and 2, when the space varies stage 3 only) before the trials start,
+    with all of this machine's CPUs as torch threads.
+
+    Otherwise the first trial computes them on its own CPU while the others wait on the cache lock with theirs idle.
+    Only for a local CPU sweep: on a cluster or a GPU, the trials' machines compute them. The stage keys are those
+    the trials will ask for (same config, same cache), so each trial then finds them; test scoring is skipped, as in
+    trials.
+    """
+    import ray
+
+    from sellarec.config import apply_overrides
+    from sellarec.data.dataset import load_dataset
+    from sellarec.pipeline import run_pipeline, stage_keys
+    from sellarec.runtime import cache_root
+
+    if address is not None or plan.gpus_per_trial > 0 or any(not k.startswith("stage3.") for k in space.keys):
+        return
+    base = from_dict(plan.base)
+    if base.final_stage != "stage3":
+        return
+    threads = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    fingerprint = load_dataset(base.data, cache_root(base.runtime)).fingerprint
+    wanted = stage_keys(base, fingerprint)
+    for upto in ("stage2", "stage1"):   # stage 2 alone can have another key (a semantic table only stage 3 needs)
+        cfg = apply_overrides(base, {"final_stage": upto, "runtime.threads": threads})
+        keys = stage_keys(cfg, fingerprint)
+        if all(keys[s] == wanted.get(s) for s in keys):
+            break
+    else:
+        return
+    print(f"computing the shared {' and '.join(sorted(keys))} once with {threads} threads before the trials "
+          "(cached: seconds)", flush=True)
+    start = time.perf_counter()
+    result = run_pipeline(cfg, Path(plan.folder) / "shared_stages", evaluate_test=False)
+    print(f"shared stages ready in {time.perf_counter() - start:.0f} s ("
+          + ", ".join(f"{k} {v}" for k, v in result.cache.items()) + ")", flush=True)
+
+
 def _run(plan: SweepPlan, space: SearchSpace, tracker: SweepTracker, options: SweepOptions) -> SweepOutcome:
     from ray import tune
 
@@ -268,6 +307,7 @@ def _run(plan: SweepPlan, space: SearchSpace, tracker: SweepTracker, options: Sw
     resume = resume_command(plan, options.address)
     start = time.perf_counter()
     try:
+        _shared_stages_first(plan, space, options.address)
         path = f"{plan.storage}/{plan.name}"
         if options.resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=_trainable(plan), resume_unfinished=True,

@@ -47,11 +47,12 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Flat numbers for Tune and MLflow from ``PipelineResult.metrics`` (stage 3 is the final model).
 
     Returns:
-        ``valid/auc``, ``valid/uauc``, ``test/auc``, ... ``test_cold/uauc``, ``trainable_params``, ``seconds``
+        ``valid/auc``, its CI (``valid/auc_ci_low``, ``_high``), ``valid/rows``, ``valid/users``, ``valid/uauc``, the
+        same for ``test``, ``test_warm``, ``test_cold`` where the trial evaluated test, ``trainable_params``, ``seconds``
         (stage-3 seconds), ``stage3/step`` and ``cache/<stage>`` (1 hit, 0 miss) plus ``cache_hits``.
     """
     stage3 = metrics[metrics["final"]]
-    flat = split_metrics(stage3, _FINAL_SPLITS, ("auc", "uauc"))
+    flat = split_metrics(stage3, _FINAL_SPLITS, ("auc", "uauc", "auc_ci_low", "auc_ci_high", "rows", "users"))
     for name in ("trainable_params", "seconds"):
         if name in stage3:
             flat[name] = float(stage3[name])
@@ -95,10 +96,12 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], intermediate: bool
     from sellarec.pipeline import run_pipeline
     from sellarec.tuning.resources import cap_gpu_memory, trial_gpu_fraction
 
-    torch.set_num_threads(1)   # two threads on two busy cores is 3-40x slower (STACK.md §7)
+    # The trial's torch threads are the CPUs --cpus-per-trial gave it (at least 1; more threads than CPUs on shared
+    # cores is 3-40x slower, STACK.md §7); run_pipeline sets them from runtime.threads.
+    threads = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
     fraction = trial_gpu_fraction()
     cap_gpu_memory(fraction)
-    cfg = apply_overrides(from_dict(base), dict(config))
+    cfg = apply_overrides(from_dict(base), {**config, "runtime.threads": threads})
     start = time.perf_counter()
     # The last pass is reported by the final report: reported here, ASHA would stop the trial at max_t before
     # its test evaluation.
@@ -113,7 +116,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], intermediate: bool
                      metric_key("train", "loss"): float(metrics.get("stage3/train_loss", math.nan)),
                      STEP_KEY: float(step)})
 
-    result = run_pipeline(cfg, Path(tune.get_context().get_trial_dir()) / "run", on_eval=report)
+    # A sweep selects on valid: test is left to `sellarec train` of the chosen configuration (it reuses every stage).
+    result = run_pipeline(cfg, Path(tune.get_context().get_trial_dir()) / "run", on_eval=report, evaluate_test=False)
     final = final_metrics(result.metrics)
     final["trial_seconds"] = time.perf_counter() - start
     if fraction > 0 and torch.cuda.is_available():

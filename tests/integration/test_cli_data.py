@@ -45,6 +45,7 @@ def independent_ml100k_stats() -> dict:
         if name != "train":
             out[name]["warm_rows"] = int(rows["warm"].sum())
             out[name]["cold_rows"] = int((~rows["warm"]).sum())
+            out[name]["warm_share"] = round(100 * rows["warm"].mean(), 2)
     return out
 
 
@@ -69,6 +70,12 @@ def test_data_stats_table_mentions_every_split(tmp_path: Path) -> None:
     (["data", "stats", "--dataset", "ml1m"], "pass --data-dir"),
     (["data", "stats", "--dataset", "ml1m", "--data-dir", "/nonexistent/ml-1m"], "does not exist"),
     (["data", "stats", "--set", "data.histroy_len=3"], "did you mean 'data.history_len'"),
+    (["data", "stats", "--set", "data.split=weekly"],
+     "data.split='weekly' is not one of global_time, user_time, random"),
+    (["data", "stats", "--dataset", "ml1m", "--set", "data.split=user_time"],
+     "data.split='user_time' applies to ml100k and csv only"),
+    (["data", "stats", "--set", "data.valid_fraction=0.6", "--set", "data.test_fraction=0.5"],
+     "data.test_fraction=0.5 plus valid_fraction=0.6 must leave data for train"),
     (["data", "stats", "--profile", "quik"], "unknown profile 'quik'"),
     (["data", "stats", "--frobnicate"], "unrecognized arguments: --frobnicate"),
 ])

@@ -30,8 +30,8 @@ def test_metrics_json_contract(first_run) -> None:
     _, root, result = first_run
     metrics = json.loads((root / "out" / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(result.metrics))
-    assert metrics["final"] == "stage3" and metrics["cache"] == {"stage1": "miss", "stage2": "miss",
-                                                                 "stage3": "miss"}
+    assert metrics["final"] == "stage3" and metrics["cache"] == {
+        "stage1": "miss", "stage1_test": "miss", "stage2": "miss", "stage3": "miss", "stage3_test": "miss"}
     for stage in ("stage1", "stage2"):
         for split in ("valid", "test"):
             for name in ("auc", "uauc"):
@@ -50,7 +50,7 @@ def test_metrics_json_contract(first_run) -> None:
 def test_identical_rerun_is_all_cache_hits(first_run) -> None:
     cfg, root, result = first_run
     again = run_pipeline(cfg, root / "again")
-    assert again.cache == {"stage1": "hit", "stage2": "hit", "stage3": "hit"}
+    assert set(again.cache.values()) == {"hit"} and len(again.cache) == 5
     for stage in ("stage1", "stage2", "stage3"):
         assert again.metrics[stage] == json.loads(json.dumps(result.metrics[stage]))
 
@@ -58,19 +58,38 @@ def test_identical_rerun_is_all_cache_hits(first_run) -> None:
 def test_changing_stage3_recomputes_only_stage3(first_run) -> None:
     _, root, _ = first_run
     changed = run_pipeline(_cfg(root / "cache", "stage3.tokens=[user,item]"), root / "s3")
-    assert changed.cache == {"stage1": "hit", "stage2": "hit", "stage3": "miss"}
+    assert changed.cache == {"stage1": "hit", "stage1_test": "hit", "stage2": "hit", "stage3": "miss",
+                             "stage3_test": "miss"}
 
 
 def test_changing_stage2_recomputes_stage2_and_3(first_run) -> None:
     _, root, _ = first_run
     changed = run_pipeline(_cfg(root / "cache", "stage2.lr=0.02"), root / "s2")
-    assert changed.cache == {"stage1": "hit", "stage2": "miss", "stage3": "miss"}
+    assert changed.cache == {"stage1": "hit", "stage1_test": "hit", "stage2": "miss", "stage3": "miss",
+                             "stage3_test": "miss"}
 
 
 def test_runtime_settings_do_not_change_keys(first_run) -> None:
     _, root, result = first_run
     again = run_pipeline(_cfg(root / "cache", "runtime.threads=2", "runtime.progress=true"), root / "rt")
-    assert again.cache == {"stage1": "hit", "stage2": "hit", "stage3": "hit"}
+    assert set(again.cache.values()) == {"hit"}
+
+
+def test_a_sweep_run_skips_test_and_a_later_run_adds_it(first_run, tmp_path: Path) -> None:
+    """Without test evaluation (sweeps) the stages are the same entries; a later run scores test alone, and the
+    stage-3 model rebuilt from the cache scores exactly as the one trained in process did."""
+    _, root, result = first_run
+    cfg = _cfg(tmp_path / "cache", "stage3.lr=0.002")
+    sweep = run_pipeline(cfg, tmp_path / "sweep", evaluate_test=False)
+    assert sweep.cache == {"stage1": "miss", "stage2": "miss", "stage3": "miss"}
+    assert not any(k.startswith("test") for stage in ("stage1", "stage3") for k in sweep.metrics[stage])
+    later = run_pipeline(cfg, tmp_path / "later")
+    assert later.cache == {"stage1": "hit", "stage1_test": "miss", "stage2": "hit", "stage3": "hit",
+                           "stage3_test": "miss"}
+    fresh = run_pipeline(_cfg(tmp_path / "fresh", "stage3.lr=0.002"), tmp_path / "fresh_out")
+    for stage in ("stage1", "stage3"):
+        for split in ("test", "test_warm", "test_cold"):
+            assert later.metrics[stage][split] == pytest.approx(fresh.metrics[stage][split], abs=1e-6)
 
 
 @pytest.mark.parametrize("preset, stages", [("mf", ["stage2"]), ("tallrec", ["stage1"]),
@@ -78,7 +97,7 @@ def test_runtime_settings_do_not_change_keys(first_run) -> None:
 def test_presets_run_only_what_they_need(tmp_path: Path, preset: str, stages: list[str]) -> None:
     cfg = load_config("tiny", preset, [f"runtime.cache_dir={tmp_path / 'cache'}", "runtime.progress=false"])
     result = run_pipeline(cfg, tmp_path / "out")
-    assert sorted(result.cache) == stages
+    assert sorted(k for k in result.cache if not k.endswith("_test")) == stages
     if preset == "mf":
         assert result.metrics["stage2"]["align"] is None
         assert not (tmp_path / "cache" / "backbones").exists()            # the LLM was never loaded

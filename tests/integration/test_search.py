@@ -115,9 +115,11 @@ def test_tpe_sweep_records_the_mlflow_hierarchy(ray_cluster, tmp_path: Path, sha
     base = load_config("tiny", overrides=[f"runtime.cache_dir={shared_cache}", "runtime.progress=false"])
     for child in children:
         m, params = child.data.metrics, child.data.params
-        for key in ("valid/auc", "valid/uauc", "test/auc", "test/uauc", "test_warm/auc", "test_warm/uauc",
-                    "test_cold/auc", "test_cold/uauc"):
+        for key in ("valid/auc", "valid/uauc", "valid/auc_ci_low", "valid/auc_ci_high"):
             assert 0.0 <= m[key] <= 1.0, key
+        assert m["valid/auc_ci_low"] <= m["valid/auc"] <= m["valid/auc_ci_high"]
+        assert m["valid/rows"] == base.eval.max_valid_samples and m["valid/users"] >= 2
+        assert not any(k.startswith("test") for k in m)              # a sweep selects on valid: test is skipped
         assert m["trainable_params"] > 0 and m["seconds"] > 0
         assert m["cache/stage1"] + m["cache/stage2"] == m["cache_hits"] - m["cache/stage3"]
         assert params["stage3.collab_projector.type"] in {"mlp", "linear", "mlp_residual"}
@@ -224,6 +226,8 @@ def test_failing_trials_are_retried_and_recorded(ray_cluster, tmp_path: Path, sh
     ({"name": "a b"}, r"--name='a b' may only use letters"),
     ({"address": "127.0.0.1:1", "storage": None}, r"--address needs --storage"),
     ({"address": "127.0.0.1:1", "tracking_uri": "sqlite:///x.db"}, r"--address needs --tracking-uri of a server"),
+    ({"space": "training", "scheduler": "asha"},
+     r"space training searches stage3.max_train_samples, which changes the number of stage-3 steps; .*--scheduler fifo"),
 ])
 def test_bad_options_are_one_line_exit_2(tmp_path: Path, space_file: Path, capsys, change: dict,
                                          message: str) -> None:

@@ -22,7 +22,7 @@ def test_quick_profile_stages_on_smollm2(smollm2_cache: Path, tmp_path: Path) ->
     cfg = load_config("quick", overrides=[
         f"runtime.cache_dir={smollm2_cache}", "runtime.progress=false", "data.max_users=25",
         "stage1.max_train_samples=8", "stage1.batch_size=4", "stage1.grad_accum=1",
-        "eval.max_valid_samples=12", "eval.max_test_samples=12", "eval.max_rows_per_user=4",
+        "eval.max_valid_samples=12", "eval.max_test_samples=12",
         "eval.bootstrap_samples=20", "stage2.max_epochs=3", "stage3.max_train_samples=8", "stage3.batch_size=4",
         "stage3.grad_accum=1"])
     result = run_pipeline(cfg, tmp_path / "out")

@@ -47,7 +47,7 @@ def _run(client: MlflowClient, exp: str, parent: str, cell: str, seed: int, metr
     run_id = client.create_run(exp, start_time=start, tags=tags).info.run_id
     params = {"data.dataset": dataset, "data.max_users": "300", "data.sample_seed": "0",
               "data.warm_definition": "sella", "backbone.name": "smollm2-135m", "eval.max_test_samples": "200",
-              "eval.max_rows_per_user": "8", "eval.score_fn": "two_way_softmax", "final_stage": "stage3"}
+              "data.split": "user_time", "eval.score_fn": "two_way_softmax", "final_stage": "stage3"}
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
                      metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
     client.set_terminated(run_id, status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -68,13 +69,19 @@ def test_long_prompts_drop_the_oldest_titles(tiny) -> None:
         assert ex.ids[ex.n_prefix] in (bb.yes_id, bb.no_id)            # the answer survives truncation
 
 
-def test_sample_rows_spreads_over_users() -> None:
-    rows = pd.DataFrame({"user": [u for u in range(10) for _ in range(20)], "x": range(200)})
-    sampled = sample_rows(rows, max_samples=50, max_rows_per_user=5, seed=0)
-    assert len(sampled) == 50
-    assert sampled["user"].nunique() == 10
-    assert sampled.groupby("user").size().max() == 5
-    whole = sample_rows(rows, max_samples=50, max_rows_per_user=None, seed=0)
-    assert len(whole) == 50 and whole["user"].nunique() == 3        # 20 + 20 + 10
-    assert sample_rows(rows, None, None, 0) is rows
-    assert sample_rows(rows, 50, 5, seed=1)["x"].tolist() != sampled["x"].tolist()
+def test_sample_rows_is_uniform_over_rows() -> None:
+    # One heavy user (150 of 200 rows) and ten light ones: a uniform row sample gives each row the same inclusion
+    # probability 50/200, so the heavy user's share of the sample is 3/4 on average (a per-user cap would not).
+    rows = pd.DataFrame({"user": [0] * 150 + [u for u in range(1, 11) for _ in range(5)], "x": range(200)})
+    counts = np.zeros(200)
+    for seed in range(400):
+        sampled = sample_rows(rows, max_samples=50, seed=seed)
+        assert len(sampled) == 50 and sampled["x"].is_unique
+        assert sampled["x"].is_monotonic_increasing                      # input order kept
+        counts[sampled["x"].to_numpy()] += 1
+    inclusion = counts / 400
+    assert abs(inclusion.mean() - 0.25) < 1e-12                          # exactly 50 of 200 every time
+    assert np.abs(inclusion - 0.25).max() < 0.12                         # binomial(400, .25): sd 0.022, 5 sd
+    assert abs(inclusion[:150].sum() / inclusion.sum() - 0.75) < 0.01
+    assert sample_rows(rows, None, 0) is rows and sample_rows(rows, 500, 0) is rows
+    assert sample_rows(rows, 50, seed=1)["x"].tolist() != sample_rows(rows, 50, seed=0)["x"].tolist()

@@ -78,7 +78,7 @@ def test_warm_and_cold_flags(ml1m) -> None:
     assert not rows["warm_collm"].any()                          # nobody has > 3 train interactions
     stats = dataset_stats(ml1m)["splits"]
     assert stats["valid"] == {"rows": 2, "users": 2, "items": 2, "positive_rate": 0.5, "raw_rows": 2,
-                              "warm_rows": 1, "cold_rows": 1}
+                              "warm_rows": 1, "cold_rows": 1, "warm_share": 50.0}
     assert stats["test"]["warm_rows"] == 0 and stats["test"]["cold_rows"] == 3
 
 

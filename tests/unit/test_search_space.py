@@ -143,6 +143,17 @@ def test_include_prepends_params(tmp_path: Path) -> None:
     assert space.keys == ["stage3.lr", "stage1.lr"]
 
 
+def test_fixed_settings_become_overrides_and_set_wins(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("fixed: {stage3.max_train_samples: 64, stage3.tokens: [user, item]}\n"
+                                     "params:\n  stage3.lr: {float: [0.001, 0.01]}\n")
+    space = _space(tmp_path, "include: [a]\nfixed: {stage3.train_lora: true, stage3.max_train_samples: 32}\n"
+                             "params:\n  stage1.lr: {float: [0.001, 0.01]}\n", "b")
+    assert space.fixed_overrides == ["stage3.max_train_samples=32", "stage3.tokens=[user,item]",
+                                     "stage3.train_lora=true"]
+    cfg = load_config("tiny", overrides=[*space.fixed_overrides, "stage3.max_train_samples=16"])
+    assert cfg.stage3.max_train_samples == 16 and cfg.stage3.tokens == ("user", "item") and cfg.stage3.train_lora
+
+
 BAD = [
     ("params:\n  stage3.lr: {chioce: [1]}\n",
      r"params.stage3.lr: needs exactly one of choice, subsets, int, float, got 0; unknown 'chioce' "
@@ -176,6 +187,11 @@ BAD = [
     ("- a\n- b\n", r"must be a mapping with metric, mode, num_samples, sampler and params"),
     ("params: {}\n", r"params is empty"),
     ("include: [s]\nparams:\n  stage3.lr: {float: [0.001, 0.01]}\n", r"include 's' includes itself"),
+    ("fixed: [stage3.lr]\nparams:\n  stage3.lr: {float: [0.001, 0.01]}\n", r"fixed must be a mapping"),
+    ("fixed: {stage3.lr: 0.01}\nparams:\n  stage3.lr: {float: [0.001, 0.01]}\n",
+     r"fixed.stage3.lr is also a searched parameter; keep one"),
+    ("fixed: {stage3.lr: {a: 1}}\nparams:\n  stage1.lr: {float: [0.001, 0.01]}\n",
+     r"fixed.stage3.lr must be a scalar or a list of scalars"),
 ]
 
 

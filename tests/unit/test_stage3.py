@@ -85,11 +85,13 @@ def test_projector_designs_train_and_score(setup, collab_type, semantic_type) ->
     cfg = _cfg(collab_projector=CollabProjectorConfig(type=collab_type, hidden=HIDDEN, num_experts=2),
                semantic_projector=SemanticProjectorConfig(type=semantic_type, rank=4, hidden=HIDDEN),
                projector_init=init, lr=1e-2, batch_size=4, grad_accum=1, max_train_samples=8)
-    valid = sample_rows(ds.split("valid"), 12, 4, 0)
-    test = sample_rows(ds.split("test"), 12, 4, 1)
+    valid = sample_rows(ds.split("valid"), 12, 0)
+    test = sample_rows(ds.split("test"), 12, 1)
     before = {k: v.clone() for k, v in stage3.build_injector(cfg, mf, semantic, bb, seed=3).state_dict().items()}
     out = stage3.run(cfg, EvalConfig(bootstrap_samples=0), ds, bb, model, mf, semantic, valid_rows=valid,
                      test_rows=test, max_length=512, seed=3)
+    out.metrics.update(stage3.evaluate_test(cfg, EvalConfig(bootstrap_samples=0), ds, bb, out.model, out.injector,
+                                            test_rows=test, max_length=512, seed=3))
     assert out.steps == 2 and out.trainable_params > 0
     after = out.injector.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)           # something trained
@@ -150,3 +152,19 @@ def test_prefix_alignment_keeps_each_row_intact(setup) -> None:
         assert positions[row][mask[row] == 1].tolist() == list(range(n))
         kept = labels[row][labels[row] != -100].tolist()
         assert kept == batch.labels[row, 1:n].tolist()                     # targets 1..n-1, as the official shift
+
+
+def test_token_norms_scale_with_the_projector_and_leave_the_vocabulary(setup) -> None:
+    ds, bb, model, mf, semantic = setup
+    injector = stage3.build_injector(_cfg(collab_projector=CollabProjectorConfig(type="linear"),
+                                          projector_init="random"), mf, semantic, bb, seed=0)
+    rows = ds.split("valid").head(20)
+    before = stage3.token_norms(injector, model, rows, bb.device)
+    assert set(before) == {"norms/user", "norms/item", "norms/warm", "norms/vocab"}
+    with torch.no_grad():
+        for p in injector.collab.parameters():
+            p.mul_(3.0)                                   # a linear map: every output is 3x as long
+    after = stage3.token_norms(injector, model, rows, bb.device)
+    for name in ("user", "item"):
+        assert after[f"norms/{name}"] == pytest.approx(3.0 * before[f"norms/{name}"], rel=1e-5)
+    assert after["norms/warm"] == before["norms/warm"] and after["norms/vocab"] == before["norms/vocab"]

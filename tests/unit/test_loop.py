@@ -1,0 +1,51 @@
+"""The shared training loop keeps the state with the best AUC on the selection split, at the profile's cadence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from sellarec.stages.loop import run_loop
+
+
+def _run(aucs: list[float], *, steps: int, every: int, select_on: str = "valid"):
+    """A one-parameter model trained for ``steps`` optimizer steps; evaluation returns the scripted ``aucs``."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    calls: list[int] = []
+    seen: list[tuple[dict, int]] = []
+
+    def evaluate() -> tuple[float, np.ndarray]:
+        calls.append(len(calls))
+        return aucs[len(calls) - 1], np.full(3, float(len(calls)))   # scores tell which evaluation they came from
+
+    result = run_loop(
+        name="stage3", examples=list(range(steps)), batch_size=1, grad_accum=1, epochs=1,
+        loss_fn=lambda chunk: (weight - 1.0).pow(2).sum(), params=[weight], lr=0.1, betas=(0.9, 0.95),
+        weight_decay=0.0, grad_clip=1.0, schedule="constant_warmup", warmup_ratio=0.0, eval_every_steps=every,
+        evaluate=evaluate, snapshot=lambda: float(weight.item()), train_mode=lambda: None,
+        generator=torch.Generator().manual_seed(0), on_eval=lambda m, s: seen.append((m, s)), select_on=select_on)
+    return result, calls, seen
+
+
+def test_the_best_evaluation_wins_not_the_last() -> None:
+    result, calls, seen = _run([0.60, 0.80, 0.70], steps=6, every=2)
+    assert len(calls) == 3                                             # steps 2, 4 and 6 (the end)
+    assert [s for _, s in seen] == [2, 4, 6]
+    assert result.best_step == 4 and result.best_scores.tolist() == [2.0, 2.0, 2.0]
+    # AdamW's first steps move the weight by about lr each: after 4 steps it is near 0.4, not the final ~0.6.
+    assert 0.3 < result.best_state < 0.45
+    assert [h["valid/auc"] for h in result.history] == [0.60, 0.80, 0.70]
+
+
+def test_nan_never_wins_and_cadence_zero_evaluates_once() -> None:
+    result, _, _ = _run([math.nan, 0.55, 0.50], steps=6, every=2)
+    assert result.best_step == 4
+    result, calls, _ = _run([0.5], steps=5, every=0)
+    assert len(calls) == 1 and result.best_step == 5
+
+
+def test_selection_split_names_the_keys() -> None:
+    result, _, seen = _run([0.6, 0.7], steps=4, every=2, select_on="test")
+    assert "test/auc" in result.history[0] and "stage3/test_auc" in seen[0][0]
