@@ -40,12 +40,24 @@ def _config_from_args(args: argparse.Namespace, extra: dict[str, object] | None 
     return apply_overrides(cfg, {k: v for k, v in extra.items() if v is not None}) if extra else cfg
 
 
+# Datasets whose split is CoLLM's time window, which no `data.split` rule may replace (DataConfig).
+_WINDOW_SPLIT_DATASETS = ("ml1m", "amazon-book")
+
+
+def _data_config_from_args(args: argparse.Namespace) -> SellaConfig:
+    """The configuration of the `data` commands: the profile's, with ``--dataset``/``--data-dir``; naming a dataset
+    with a window split drops the profile's ``data.split`` rule unless ``--set data.split=...`` asks for one."""
+    explicit = any(item.split("=", 1)[0].strip() == "data.split" for item in args.overrides)
+    if args.dataset in _WINDOW_SPLIT_DATASETS and not explicit:
+        args = argparse.Namespace(**{**vars(args), "overrides": ["data.split=null", *args.overrides]})
+    return _config_from_args(args, {"data.dataset": args.dataset, "data.data_dir": args.data_dir})
+
+
 def _cmd_data_stats(args: argparse.Namespace) -> int:
     from sellarec.data import dataset_stats, load_dataset
     from sellarec.runtime import cache_root
 
-    extra: dict[str, object] = {"data.dataset": args.dataset, "data.data_dir": args.data_dir}
-    cfg = _config_from_args(args, extra)
+    cfg = _data_config_from_args(args)
     stats = dataset_stats(load_dataset(cfg.data, cache_root(cfg.runtime)))
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -83,7 +95,7 @@ def _example_prompts(cfg: SellaConfig, split: str, count: int, stage: int) -> li
 
 
 def _cmd_data_prompts(args: argparse.Namespace) -> int:
-    cfg = _config_from_args(args, {"data.dataset": args.dataset, "data.data_dir": args.data_dir})
+    cfg = _data_config_from_args(args)
     for text in _example_prompts(cfg, args.split, args.n, args.stage):
         print(text, end="\n\n")
     return 0
@@ -183,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--dataset", default=None, help="ml100k (embedded), ml1m, amazon-book or csv")
     stats.add_argument("--data-dir", default=None, help="raw data folder (ml1m, amazon-book) or file (csv)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_config_args(stats, default_profile=None)
+    _add_config_args(stats, default_profile="quick")
     stats.set_defaults(func=_cmd_data_stats)
 
     prompts = data.add_parser("prompts", help="print rendered example prompts of a split")
@@ -192,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--split", default="test", choices=["train", "valid", "test"])
     prompts.add_argument("--stage", type=int, default=3, choices=[1, 3], help="stage-1 text or stage-3 ID-token prompt")
     prompts.add_argument("-n", type=int, default=2, help="number of prompts")
-    _add_config_args(prompts, default_profile=None)
+    _add_config_args(prompts, default_profile="quick")
     prompts.set_defaults(func=_cmd_data_prompts)
 
     train = commands.add_parser("train", help="train SeLLa-Rec stage by stage (resumes finished stages)")

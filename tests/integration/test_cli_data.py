@@ -31,6 +31,11 @@ def independent_ml100k_stats() -> dict:
     rank = np.empty(n, dtype=int)
     rank[np.argsort(inter["timestamp"].to_numpy(), kind="stable")] = np.arange(n)
     inter["split"] = np.where(rank < 0.8 * n, "train", np.where(rank < 0.9 * n, "valid", "test"))
+    return _stats(inter)
+
+
+def _stats(inter: pd.DataFrame) -> dict:
+    """Per-split counts of ``inter`` (columns user, item, rating, timestamp, split) as `data stats --json` has them."""
     inter["label"] = (inter["rating"] >= 4).astype(int)
     inter = inter.sort_values(["user", "timestamp"], kind="stable")
     inter["prior"] = inter.groupby("user")["label"].cumsum() - inter["label"]
@@ -50,12 +55,29 @@ def independent_ml100k_stats() -> dict:
 
 
 def test_data_stats_json_on_embedded_ml100k(tmp_path: Path) -> None:
-    result = run_cli("data", "stats", "--dataset", "ml100k", "--json", cache=tmp_path)
+    result = run_cli("data", "stats", "--dataset", "ml100k", "--set", "data.split=global_time", "--json",
+                     cache=tmp_path)
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
     assert stats["dataset"] == "ml100k"
     assert stats["users"] == 943 and stats["items"] == 1682
     assert stats["splits"] == independent_ml100k_stats()
+
+
+def test_data_stats_on_the_embedded_default_has_95_percent_warm_test_rows(tmp_path: Path) -> None:
+    """The default profile (quick) splits ML-100K per user by time, so nearly every test user and item is in train."""
+    result = run_cli("data", "stats", "--json", cache=tmp_path)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["splits"]["test"]["warm_share"] >= 95.0
+    assert stats["splits"]["test"]["users"] > 900  # every user contributes test rows, not only the late arrivals
+
+
+def test_naming_a_window_split_dataset_drops_the_profiles_split_rule(tmp_path: Path) -> None:
+    """quick sets data.split=user_time, which ml1m refuses; --dataset ml1m without --data-dir must then fail on the
+    missing folder (the dataset's own problem), not on the profile's split rule."""
+    result = run_cli("data", "stats", "--dataset", "ml1m", cache=tmp_path)
+    assert result.returncode == 2 and "pass --data-dir" in result.stderr, result.stderr
 
 
 def test_data_stats_table_mentions_every_split(tmp_path: Path) -> None:
