@@ -1,11 +1,12 @@
 """Prompt-scoring speed: today's path (length-sorted batches on the template prefix's key/value cache, one thread)
 against group prefixes (prompts sharing a history run it once) at one and two threads, same prompts, one process.
 
-    python bench/eval_speed.py                      # quick profile (ML-100K + SmolLM2), 192 test prompts, batch 16
+    python bench/eval_speed.py                      # quick profile (ML-100K + SmolLM2), >= 192 test prompts, batch 16
     python bench/eval_speed.py --smoke-test         # tiny profile, 24 prompts
 
-Stage-1 prompts of test rows drawn uniformly (per-user chronological split), scored through a LoRA adapter with random
-non-zero B (as after stage 1), in eval mode. The variants alternate; the plain path (caller order, whole prompts)
+Stage-1 prompts of every row of randomly chosen users of a uniform 1,500-row test sample (the quick profile's
+evaluation; per-user chronological split), so they share prefixes as that evaluation does, scored through a LoRA
+adapter with random non-zero B (as after stage 1), in eval mode. The variants alternate; the plain path (caller order, whole prompts)
 scores a subset with grouped rows as the reference. Also counts the shared prefixes of a 1,500-row test sample (the
 quick profile's evaluation size). Results go into docs/performance.md by hand, with the machine line this prints.
 """
@@ -30,7 +31,7 @@ cfg = load_config(profile, overrides=["runtime.progress=false", "data.split=user
 r = eval_speed(cfg, prompts=n, batch_size=args.batch_size, repeats=args.repeats, stats_rows=100 if args.smoke_test
                else 1500)
 lengths = r["prompt_tokens"]
-print(f"{len(lengths)} stage-1 prompts of uniform {r['split']} test rows ({min(lengths)}-{max(lengths)} tokens, mean "
+print(f"{len(lengths)} stage-1 prompts of whole users of a uniform {r['split']} test sample ({min(lengths)}-{max(lengths)} tokens, mean "
       f"{np.mean(lengths):.0f}), batch {args.batch_size}, {r['machine']}; load {r['load_before'][0]:.2f} before, "
       f"{r['load_after'][0]:.2f} after")
 for name, rate in r["prompts_per_s"].items():

@@ -8,6 +8,7 @@ import statistics
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from sellarec.config import SellaConfig
@@ -145,7 +146,8 @@ def eval_speed(cfg: SellaConfig, *, prompts: int = 192, batch_size: int = 16, se
                check_prompts: int = 32, stats_rows: int = 1500) -> dict[str, Any]:
     """Prompt scoring: today's path (length-sorted batches on the common prefix's cache, one thread) against the
     group prefixes (:func:`~sellarec.stages.evaluation.group_by_prefix`) at one and two threads, on the same stage-1
-    prompts of uniformly drawn test rows, in one process; the variants alternate ``repeats`` times.
+    prompts, in one process; the variants alternate ``repeats`` times. The prompts are all rows of randomly chosen
+    users of a uniform ``stats_rows``-row test sample (the evaluation's size), at least ``prompts`` of them.
 
     The plain path (caller order, whole prompts) scores only ``check_prompts`` of them, grouped ones included, as the
     reference of every variant's scores.
@@ -165,7 +167,15 @@ def eval_speed(cfg: SellaConfig, *, prompts: int = 192, batch_size: int = 16, se
                               stage=stage, tokens=cfg.stage3.tokens, max_length=cfg.backbone.max_length,
                               with_answer=False)
 
-    examples = examples_of(prompts, 1)
+    # The timed prompts are every row of users drawn at random from the evaluation-sized sample, so they share
+    # prefixes as often as a real evaluation does (a uniform draw of a few hundred rows would hardly ever repeat a
+    # user, and would time the grouping on data it never sees).
+    sample = test.sample(n=min(stats_rows, len(test)), random_state=seed)
+    users = sample["user"].drop_duplicates().sample(frac=1.0, random_state=seed).to_numpy()
+    counts = sample["user"].value_counts()
+    taken = users[:int(np.searchsorted(np.cumsum(counts[users].to_numpy()), prompts) + 1)]
+    examples = build_examples(ds, sample[sample["user"].isin(taken)], backbone.tokenizer, stage=1,
+                              tokens=cfg.stage3.tokens, max_length=cfg.backbone.max_length, with_answer=False)
     common = dict(batch_size=batch_size, score_fn=cfg.eval.score_fn, model=model)
     for threads in (1, 2):  # warm-up: first-call allocations, lazy inits and each thread pool
         torch.set_num_threads(threads)

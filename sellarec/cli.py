@@ -110,7 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     print(f"training on {cfg.data.dataset} with {cfg.backbone.name} (profile {args.profile}, preset {args.preset}) "
           f"until {cfg.final_stage} into {args.out}", flush=True)
-    result = run_pipeline(cfg, Path(args.out))
+    result = run_pipeline(cfg, Path(args.out), evaluate_test=not args.valid_only)
     _print_table(result.metrics)
     print("stage cache: " + ", ".join(f"{k} {v}" for k, v in result.cache.items()))
     print(f"metrics: {result.out_dir / 'metrics.json'}")
@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--until", default=None, choices=["stage1", "stage2", "stage3"],
                        help="last stage to run (default: the config's final_stage, stage3)")
     train.add_argument("--out", default="runs/train", help="run folder (metrics.json, one folder per stage)")
+    train.add_argument("--valid-only", action="store_true",
+                       help="skip the LLM stages' test evaluation, as a sweep does (probes and learning curves)")
     train.set_defaults(func=_cmd_train)
 
     compare = commands.add_parser("compare", help="markdown table of finished runs' final-stage metrics")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from sellarec.config import RuntimeConfig
 
-__all__ = ["cache_root", "CACHE_ENV", "seed_everything", "configure_threads", "describe_machine", "repo_root"]
+__all__ = ["cache_root", "CACHE_ENV", "seed_everything", "configure_threads", "describe_machine", "repo_root",
+           "repo_relative"]
 
 CACHE_ENV = "SELLAREC_CACHE"
 
@@ -16,6 +17,14 @@ CACHE_ENV = "SELLAREC_CACHE"
 def repo_root() -> Path:
     """The source checkout holding the ``sellarec`` package (``tune/``, ``mlflow/``, ``docs/``, ``runs/``)."""
     return Path(__file__).resolve().parents[1]
+
+
+def repo_relative(text: str) -> str:
+    """``text`` with every absolute path under the checkout made relative to it, so that reports and docs hold
+    commands that work from any clone (``sqlite:////abs/repo/mlflow/mlflow.db`` -> ``sqlite:///mlflow/mlflow.db``).
+    Paths outside the checkout stay as they are."""
+    root = str(repo_root())
+    return text.replace(root + "/", "").replace(root, ".")
 
 
 def cache_root(runtime: RuntimeConfig) -> Path:

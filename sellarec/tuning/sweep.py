@@ -29,7 +29,7 @@ from sellarec.tuning.plan import (META, SweepOptions, SweepPlan, check_options, 
 from sellarec.tuning.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
 from sellarec.tuning.space import SearchSpace
 from sellarec.tuning.space_file import load_space
-from sellarec.runtime import describe_machine
+from sellarec.runtime import describe_machine, repo_relative
 from sellarec.tuning.tracking import FAILED, FINISHED, KILLED, SweepTracker, git_commit
 
 # SweepOptions lives in sellarec.tuning.plan; named here too, as run_sweep's argument.
@@ -163,7 +163,7 @@ def _report_lines(plan: SweepPlan, counts: dict[str, int], seconds: float) -> tu
               f"Optuna study `{plan.name}`: `optuna-dashboard {study_url(plan)}`",
               f"Tune experiment: `{plan.storage}/{plan.name}`; resume or re-report with "
               f"`{resume_command(plan, None)}`"]
-    return header, footer
+    return [repo_relative(line) for line in header], [repo_relative(line) for line in footer]
 
 
 def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTracker, seconds: float) -> SweepOutcome:
@@ -174,7 +174,8 @@ def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTra
     rows = rank_rows(rows_from_results(results, space.keys), plan.metric, plan.mode)
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "stopped", "failed", "unfinished")}
     best = next((r for r in rows if r.status == "finished"), None)
-    command = train_command(plan.profile, plan.preset, plan.config_file, plan.overrides, best.params if best else {})
+    command = repo_relative(train_command(plan.profile, plan.preset, plan.config_file, plan.overrides,
+                                          best.params if best else {}))
     print(f"\nsweep {plan.name}: {len(rows)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}) "
           f"in {seconds / 60:.1f} min")
     print(format_table(rows[:plan.top_k], space.keys, plan.metric, markdown=False))

@@ -118,6 +118,16 @@ def test_cli_train_prints_a_table_and_writes_metrics(tmp_path: Path) -> None:
     assert "stage1 (LLM, TALLRec-style)" in result.stdout
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert {"stage1"} <= set(metrics) and "stage2" not in metrics
+    assert metrics["cache"] == {"stage1": "miss", "stage1_test": "miss"} and "test" in metrics["stage1"]
+
+
+def test_cli_train_valid_only_skips_the_test_evaluation(tmp_path: Path) -> None:
+    result = _cli("train", "--profile", "tiny", "--until", "stage1", "--valid-only", "--out", str(tmp_path / "out"),
+                  "--set", "runtime.progress=false", cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["cache"] == {"stage1": "miss"} and "test" not in metrics["stage1"]
+    assert "valid" in metrics["stage1"] and not (tmp_path / "cache" / "stages" / "stage1_test").exists()
 
 
 @pytest.mark.parametrize("args, message", [
