@@ -7,6 +7,7 @@
 #   stage3-b8       stage 3 on seed 0's cached stages 1-2, 256 prompts in 32 steps of 8 (the profile: 16 steps of 16),
 #                   valid (400 rows) at 128 and 256 prompts
 #   stage3-b4       the same in 64 steps of 4
+#   stage3-b8-lr1e-2  stage3-b8 at lr 1e-2 (the profile: 3e-3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME="$1"
@@ -21,7 +22,10 @@ case "$NAME" in
                    --set stage3.eval_every_steps=16) ;;
   stage3-b4) args=(--preset sella --set stage3.max_train_samples=256 --set stage3.batch_size=4
                    --set stage3.grad_accum=1 --set stage3.eval_every_steps=32) ;;
-  *) echo "bench/probes.sh: unknown probe '$NAME'; use stage1-answer, stage3-b8 or stage3-b4" >&2; exit 2 ;;
+  stage3-b8-lr1e-2) args=(--preset sella --set stage3.max_train_samples=256 --set stage3.grad_accum=1
+                          --set stage3.eval_every_steps=16 --set stage3.lr=1e-2) ;;
+  *) echo "bench/probes.sh: unknown probe '$NAME'; use stage1-answer, stage3-b8, stage3-b4 or stage3-b8-lr1e-2" >&2
+     exit 2 ;;
 esac
 mkdir -p "$OUT"
 "$PY" -m sellarec train --profile quick "${args[@]}" --set runtime.seed=0 --set runtime.progress=false --valid-only \
