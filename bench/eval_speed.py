@@ -6,9 +6,9 @@ against group prefixes (prompts sharing a history run it once) at one and two th
 
 Stage-1 prompts of every row of randomly chosen users of a uniform 1,500-row test sample (the quick profile's
 evaluation; per-user chronological split), so they share prefixes as that evaluation does, scored through a LoRA
-adapter with random non-zero B (as after stage 1), in eval mode. The variants alternate; the plain path (caller order, whole prompts)
-scores a subset with grouped rows as the reference. Also counts the shared prefixes of a 1,500-row test sample (the
-quick profile's evaluation size). Results go into docs/performance.md by hand, with the machine line this prints.
+adapter with random non-zero B (as after stage 1), in eval mode. The variants alternate; the plain path (caller
+order, whole prompts) scores a subset with grouped rows as the reference. Also counts the shared prefixes of that
+1,500-row sample. Results go into docs/performance.md by hand, with the machine line this prints.
 """
 
 import argparse
@@ -31,9 +31,9 @@ cfg = load_config(profile, overrides=["runtime.progress=false", "data.split=user
 r = eval_speed(cfg, prompts=n, batch_size=args.batch_size, repeats=args.repeats, stats_rows=100 if args.smoke_test
                else 1500)
 lengths = r["prompt_tokens"]
-print(f"{len(lengths)} stage-1 prompts of whole users of a uniform {r['split']} test sample ({min(lengths)}-{max(lengths)} tokens, mean "
-      f"{np.mean(lengths):.0f}), batch {args.batch_size}, {r['machine']}; load {r['load_before'][0]:.2f} before, "
-      f"{r['load_after'][0]:.2f} after")
+print(f"{len(lengths)} stage-1 prompts of whole users of a uniform {r['split']} test sample "
+      f"({min(lengths)}-{max(lengths)} tokens, mean {np.mean(lengths):.0f}), batch {args.batch_size}, {r['machine']}; "
+      f"load {r['load_before'][0]:.2f} before, {r['load_after'][0]:.2f} after")
 for name, rate in r["prompts_per_s"].items():
     runs = ", ".join(f"{x:.2f}" for x in r["runs_prompts_per_s"][name])
     print(f"{name:10s} {rate:6.2f} prompts/s ({r['speedup'][name]:.2f}x today; runs {runs}); max |diff| vs plain "

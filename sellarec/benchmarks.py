@@ -162,10 +162,9 @@ def eval_speed(cfg: SellaConfig, *, prompts: int = 192, batch_size: int = 16, se
     ds, backbone, model = _with_random_adapter(cfg, seed)
     test = ds.split("test")
 
-    def examples_of(n: int, stage: int) -> list[Example]:
-        return build_examples(ds, test.sample(n=min(n, len(test)), random_state=seed), backbone.tokenizer,
-                              stage=stage, tokens=cfg.stage3.tokens, max_length=cfg.backbone.max_length,
-                              with_answer=False)
+    def examples_of(rows, stage: int) -> list[Example]:
+        return build_examples(ds, rows, backbone.tokenizer, stage=stage, tokens=cfg.stage3.tokens,
+                              max_length=cfg.backbone.max_length, with_answer=False)
 
     # The timed prompts are every row of users drawn at random from the evaluation-sized sample, so they share
     # prefixes as often as a real evaluation does (a uniform draw of a few hundred rows would hardly ever repeat a
@@ -174,8 +173,7 @@ def eval_speed(cfg: SellaConfig, *, prompts: int = 192, batch_size: int = 16, se
     users = sample["user"].drop_duplicates().sample(frac=1.0, random_state=seed).to_numpy()
     counts = sample["user"].value_counts()
     taken = users[:int(np.searchsorted(np.cumsum(counts[users].to_numpy()), prompts) + 1)]
-    examples = build_examples(ds, sample[sample["user"].isin(taken)], backbone.tokenizer, stage=1,
-                              tokens=cfg.stage3.tokens, max_length=cfg.backbone.max_length, with_answer=False)
+    examples = examples_of(sample[sample["user"].isin(taken)], 1)
     common = dict(batch_size=batch_size, score_fn=cfg.eval.score_fn, model=model)
     for threads in (1, 2):  # warm-up: first-call allocations, lazy inits and each thread pool
         torch.set_num_threads(threads)
@@ -192,7 +190,7 @@ def eval_speed(cfg: SellaConfig, *, prompts: int = 192, batch_size: int = 16, se
     check = _check_rows(examples, check_prompts)
     plain = score_examples(backbone, [examples[i] for i in check], sort_by_length=False, share_prefix=False, **common)
     rate = {name: len(examples) / statistics.median(t) for name, t in times.items()}
-    stats = {stage: prefix_sharing(examples_of(stats_rows, stage), tuple(backbone.special_ids.values()))
+    stats = {stage: prefix_sharing(examples_of(sample, stage), tuple(backbone.special_ids.values()))
              for stage in (1, 3)}
     return {"prompts_per_s": rate, "runs_prompts_per_s": {k: [len(examples) / x for x in t] for k, t in times.items()},
             "speedup": {name: r / rate["today"] for name, r in rate.items()},

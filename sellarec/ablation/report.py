@@ -20,8 +20,8 @@ from sellarec.ablation.spec import FULL
 from sellarec.ablation.stats import summarize
 from sellarec.ablation.tracking import EXPERIMENT
 from sellarec.config import read_yaml
-from sellarec.runtime import repo_relative
 from sellarec.errors import ConfigError
+from sellarec.runtime import repo_relative
 from sellarec.storage import write_text_atomic
 
 __all__ = ["METRICS", "load_published", "render_markdown", "render_plot", "write_report"]
@@ -187,7 +187,7 @@ def render_markdown(study: Study, published: dict[str, Any], png_name: str, repo
     lines += _table(["cell"] + [f"Δ {label}" for _, label in METRICS], diff_rows) if diff_rows else ["No other cell."]
     lines += ["", "## Cells", ""] + _table(["cell", "kind", "what differs from the full model"], about_rows)
     lines += ["", "## Published numbers", ""] + _published(study, cells, published) + [""]
-    commands = [repo_relative(c) for c in (study.parent.get("command", ""), report_command) if c]
+    commands = [c for c in (repo_relative(study.parent.get("command", "")), report_command) if c]
     return "\n".join(lines + _footer(study, commands))
 
 
