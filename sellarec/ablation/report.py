@@ -17,7 +17,7 @@ import pandas as pd
 
 from sellarec.ablation.records import Study, load_study
 from sellarec.ablation.spec import FULL
-from sellarec.ablation.stats import summarize
+from sellarec.ablation.stats import detectable_difference, pooled_sd, seeds_needed, summarize
 from sellarec.ablation.tracking import EXPERIMENT
 from sellarec.config import read_yaml
 from sellarec.errors import ConfigError
@@ -29,6 +29,8 @@ __all__ = ["METRICS", "load_published", "render_markdown", "render_plot", "write
 METRICS = (("test/auc", "test AUC"), ("test/uauc", "test UAUC"), ("test_warm/auc", "warm AUC"),
            ("test_warm/uauc", "warm UAUC"), ("test_cold/auc", "cold AUC"), ("test_cold/uauc", "cold UAUC"))
 ALPHA = 0.05
+POWER = 0.8
+TARGET_DIFFERENCE = 0.01  # the AUC difference researchers ask about: how many seeds would detect it
 _RESULT_KEYS = {"source", "dataset", "method", "cell", "auc", "uauc"}
 
 
@@ -74,6 +76,20 @@ def _difference(row: pd.Series) -> str:
     if not math.isfinite(row["p_holm"]):
         return f"{diff} (p n/a)"
     return f"{diff} (p={_p(row['p_holm'])}{'*' if row['p_holm'] < ALPHA else ''})"
+
+
+def _power_rows(cells: pd.DataFrame) -> list[list[str]]:
+    """Per column: pooled paired spread, seeds, smallest detectable difference, seeds for TARGET_DIFFERENCE."""
+    rows = []
+    for metric, label in METRICS:
+        sd, n = pooled_sd(cells, metric)
+        if n < 2:
+            rows.append([label, "n/a", "n/a", "n/a (fewer than 2 paired seeds)", "n/a"])
+            continue
+        needed = seeds_needed(TARGET_DIFFERENCE, sd, POWER, ALPHA)
+        rows.append([label, _num(sd), str(n), _num(detectable_difference(sd, n, POWER, ALPHA)),
+                     str(needed) if needed > 0 else "n/a"])
+    return rows
 
 
 def _text(value: Any) -> str:
@@ -185,6 +201,15 @@ def render_markdown(study: Study, published: dict[str, Any], png_name: str, repo
               f"Holm-corrected across the cells of each column; `*` marks p < {ALPHA}. With fewer than 2 paired "
               "seeds, or identical differences on every seed, there is no p-value.", ""]
     lines += _table(["cell"] + [f"Δ {label}" for _, label in METRICS], diff_rows) if diff_rows else ["No other cell."]
+    if diff_rows:
+        lines += ["", "## What these seeds can detect", "",
+                  f"From the observed spread of the paired differences (standard deviation pooled over the cells of "
+                  f"each column): the smallest true difference a paired t-test over these seeds detects with "
+                  f"{POWER:.0%} power at {ALPHA:.0%} two-sided (before Holm's correction, which only raises it), and "
+                  f"the seeds that would detect a {TARGET_DIFFERENCE} difference. A difference smaller than the "
+                  "detectable one that is not significant is not evidence of no effect.", ""]
+        lines += _table(["column", "paired SD", "seeds", "detectable difference", f"seeds for {TARGET_DIFFERENCE}"],
+                        _power_rows(cells))
     lines += ["", "## Cells", ""] + _table(["cell", "kind", "what differs from the full model"], about_rows)
     lines += ["", "## Published numbers", ""] + _published(study, cells, published) + [""]
     commands = [c for c in (repo_relative(study.parent.get("command", "")), report_command) if c]

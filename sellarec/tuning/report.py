@@ -11,9 +11,11 @@ from sellarec.metrics import metric_key
 from sellarec.tuning.space import label
 
 __all__ = ["TrialRow", "rows_from_results", "rank_rows", "format_table", "train_command", "param_importances",
-           "write_report", "IMPORTANCE_METHODS"]
+           "write_report", "winner", "verdict", "IMPORTANCE_METHODS", "MIN_IMPORTANCE_TRIALS"]
 
 IMPORTANCE_METHODS = ("PED-ANOVA", "fANOVA")
+# Importances fitted to fewer finished trials rank noise (a forest on a handful of TPE-biased points); issue 11.
+MIN_IMPORTANCE_TRIALS = 8
 _TABLE_METRICS = (metric_key("valid", "auc"), metric_key("valid", "uauc"), metric_key("test", "auc"),
                   metric_key("test", "uauc"), metric_key("test_warm", "auc"), metric_key("test_cold", "auc"))
 
@@ -119,6 +121,51 @@ def _with_interval(row: TrialRow, metric: str) -> str:
     return value
 
 
+def _interval(row: TrialRow, metric: str) -> tuple[float, float] | None:
+    low, high = row.metrics.get(f"{metric}_ci_low"), row.metrics.get(f"{metric}_ci_high")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and math.isfinite(low) and math.isfinite(high):
+        return float(low), float(high)
+    return None
+
+
+def winner(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
+    """The top finished trial if its 95 % interval clears the runner-up's (lies wholly above it for ``max``, below for
+    ``min``); None when fewer than two trials finished, an interval is missing, or the two intervals overlap.
+
+    ``rows`` must be ranked (:func:`rank_rows`). Separated intervals are a conservative test of a difference;
+    overlapping ones do not prove equality, only that this sweep cannot order the two.
+    """
+    finished = [r for r in rows if r.status == "finished"]
+    if len(finished) < 2:
+        return None
+    top, runner_up = _interval(finished[0], metric), _interval(finished[1], metric)
+    if top is None or runner_up is None:
+        return None
+    return finished[0] if (top[0] > runner_up[1] if mode == "max" else top[1] < runner_up[0]) else None
+
+
+def verdict(rows: list[TrialRow], metric: str, mode: str) -> list[str]:
+    """Markdown lines that name the best configuration only when :func:`winner` finds one, and otherwise say why
+    the finished trials cannot be told apart, listing each one's interval."""
+    finished = [r for r in rows if r.status == "finished"]
+    if not finished:
+        return ["No trial finished."]
+    best = winner(rows, metric, mode)
+    if best is not None:
+        return [f"Trial `{best.trial_id}`: {metric} = {_with_interval(best, metric)} (95 % user-bootstrap interval, "
+                f"rows). Its interval clears the runner-up's (`{finished[1].trial_id}`: "
+                f"{_with_interval(finished[1], metric)}), so this sweep tells it apart from every other finished "
+                "trial."]
+    if len(finished) == 1:
+        lines = [f"No best configuration: only trial `{finished[0].trial_id}` finished "
+                 f"({metric} = {_with_interval(finished[0], metric)}), so the sweep compared nothing."]
+    else:
+        lines = [f"No best configuration: the {len(finished)} finished trials cannot be told apart. The top trial's "
+                 "95 % interval does not clear the runner-up's (or a trial reported no interval):", ""]
+        lines += [f"* `{r.trial_id}`: {metric} = {_with_interval(r, metric)}" for r in finished]
+    return lines + ["", f"The highest point estimate is trial `{finished[0].trial_id}`: a candidate, not a winner."]
+
+
 def format_table(rows: list[TrialRow], keys: list[str], metric: str, *, markdown: bool) -> str:
     """The table of ``rows`` (already ranked): rank, trial, status, metrics (AUCs with their CI and rows where
     reported; test columns only where a trial evaluated test), searched parameters."""
@@ -152,8 +199,9 @@ def param_importances(storage_url: str, study_name: str) -> dict[str, dict[str, 
     study = optuna.load_study(study_name=study_name, storage=storage_url)
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     evaluators = {"PED-ANOVA": PedAnovaImportanceEvaluator(), "fANOVA": FanovaImportanceEvaluator(seed=0)}
-    if len(finished) < 2:
-        return {name: f"n/a: needs at least 2 finished trials, has {len(finished)}" for name in evaluators}
+    if len(finished) < MIN_IMPORTANCE_TRIALS:
+        return {name: f"n/a: needs at least {MIN_IMPORTANCE_TRIALS} finished trials, has {len(finished)}"
+                for name in evaluators}
     out: dict[str, dict[str, float] | str] = {}
     for name, evaluator in evaluators.items():
         try:
@@ -247,17 +295,11 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
     md_path.parent.mkdir(parents=True, exist_ok=True)
     png = md_path.with_suffix(".png")
     _plot(png, rows, metric, mode, importances)
-    finished = [r for r in rows if r.status == "finished"]
-    best = finished[0] if finished else None
     parts = [f"# Sweep `{md_path.stem}`", "", *[f"* {line}" for line in header], ""]
-    parts += ["## Best configuration", ""]
-    if best is not None:
-        parts += [f"Trial `{best.trial_id}`: {metric} = {_with_interval(best, metric)} (95 % user-bootstrap "
-                  "interval, rows). Trials whose intervals overlap are not told apart by this sweep. The command "
-                  "below retrains it from the stage cache and evaluates it on test:", "", "```bash",
-                  best_command, "```", ""]
-    else:
-        parts += ["No trial finished.", ""]
+    parts += ["## Best configuration", "", *verdict(rows, metric, mode), ""]
+    if any(r.status == "finished" for r in rows):
+        parts += ["The command below retrains the top-ranked trial from the stage cache and evaluates it on test:", "",
+                  "```bash", best_command, "```", ""]
     parts += [f"## Top {min(top_k, len(rows))} of {len(rows)} trials", "",
               format_table(rows[:top_k], keys, metric, markdown=True), ""]
     failed = [r for r in rows if r.status == "failed"]
@@ -265,8 +307,8 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
         parts += ["Failed trials:", "", *[f"* `{r.trial_id}`: {r.error}" for r in failed], ""]
     parts += ["## Parameter importances", "",
               "Optuna's PED-ANOVA (importance for reaching the top 10%) and fANOVA (random-forest variance "
-              "decomposition) on the finished trials. With few trials, or a TPE-biased sample, both are rough and "
-              "local.", "", _importance_table(importances, keys), "", f"![{metric} per trial and importances]"
-              f"({png.name})", "", "## Where to look further", "", *[f"* {line}" for line in footer], ""]
+              "decomposition) on the finished trials, computed only from "
+              f"{MIN_IMPORTANCE_TRIALS} finished trials on. Even then a TPE-biased sample makes both rough and local.",
+              "", _importance_table(importances, keys), "", f"![{metric} per trial and importances]({png.name})", "", "## Where to look further", "", *[f"* {line}" for line in footer], ""]
     md_path.write_text("\n".join(parts), encoding="utf-8")
     return png

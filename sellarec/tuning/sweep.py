@@ -169,7 +169,7 @@ def _report_lines(plan: SweepPlan, counts: dict[str, int], seconds: float) -> tu
 def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTracker, seconds: float) -> SweepOutcome:
     """Rank, print the top-k table and the best configuration, write the report and log it to the parent run."""
     from sellarec.tuning.report import (format_table, param_importances, rank_rows, rows_from_results,
-                                         train_command, write_report)
+                                         train_command, winner, write_report)
 
     rows = rank_rows(rows_from_results(results, space.keys), plan.metric, plan.mode)
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "stopped", "failed", "unfinished")}
@@ -180,7 +180,10 @@ def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTra
           f"in {seconds / 60:.1f} min")
     print(format_table(rows[:plan.top_k], space.keys, plan.metric, markdown=False))
     if best is not None:
-        print(f"\nbest: trial {best.trial_id}, {plan.metric} = {best.metrics[plan.metric]:.4f}; train it with:\n"
+        told_apart = winner(rows, plan.metric, plan.mode) is not None
+        what = ("best (its interval clears the runner-up's)" if told_apart else
+                "no best configuration (the finished trials' intervals overlap); top point estimate")
+        print(f"\n{what}: trial {best.trial_id}, {plan.metric} = {best.metrics[plan.metric]:.4f}; train it with:\n"
               f"{command}")
     importances = param_importances(study_url(plan), plan.name)
     header, footer = _report_lines(plan, counts, seconds)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
 from sellarec.ablation.report import METRICS, load_published, write_report
 from sellarec.ablation.tracking import pipeline_metrics
@@ -255,3 +256,26 @@ def test_resume_bookkeeping_skips_finished_and_supersedes_stale(store: str) -> N
     assert tags == {("full", 0): None, ("full", 1): "true", ("gone", 0): "true", ("-a", 0): None, ("-a", 1): None}
     assert client.get_run(made["-a", 0]).info.status == "KILLED"
     assert client.get_run(parent).data.tags["command"] == "c2"
+
+
+def test_power_table_from_the_pooled_paired_spread(report) -> None:
+    markdown, _ = report
+    block = markdown.split("## What these seeds can detect\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split(" | ")[0][2:]: [c.strip() for c in line.strip("|").split(" | ")[1:]]
+            for line in block.splitlines() if line.startswith("| ") and "---" not in line}
+    values = _values()
+    for metric, label in METRICS:
+        squares, dof, pairs = 0.0, 0, []
+        for cell in ("-x", "-y", "mf"):
+            d = [values[cell, s, metric] - values["full", s, metric] for s in SEEDS[cell]
+                 if not math.isnan(values[cell, s, metric])]
+            squares, dof, pairs = squares + (len(d) - 1) * _sd(d) ** 2, dof + len(d) - 1, pairs + [len(d)]
+        sd = math.sqrt(squares / dof)
+        assert rows[label][0] == f"{sd:.4f}", label
+        assert rows[label][1] == str(int(np.median(pairs))), label
+        # The printed difference has 80 % power: closed-form df-2 critical value, scipy's noncentral t.
+        n, delta = int(np.median(pairs)), float(rows[label][2])
+        critical = _t_quantile(n - 1)
+        power = stats.nct.sf(critical, n - 1, delta * math.sqrt(n) / sd) + stats.nct.cdf(-critical, n - 1,
+                                                                                         delta * math.sqrt(n) / sd)
+        assert power == pytest.approx(0.8, abs=2e-3), label  # the 4-decimal rounding of delta moves power a little
