@@ -23,7 +23,8 @@ p.add_argument("--config", dest="config_file", default=None, metavar="FILE", hel
 p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")
 p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's)")
 p.add_argument("--sampler", choices=["tpe", "gp", "random"], default=None, help="default: the space's")
-p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="asha stops weak trials at stage-3 evals")
+p.add_argument("--scheduler", choices=["asha", "fifo"], default=None,
+               help="asha stops weak trials at stage-3 evals (default: the space's, else asha)")
 p.add_argument("--metric", default=None, help="valid/auc or valid/uauc (default: the space's)")
 p.add_argument("--seed", type=int, default=None, help="sampler seed (default: the space's)")
 p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")

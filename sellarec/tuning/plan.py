@@ -20,14 +20,13 @@ from sellarec.errors import ConfigError
 from sellarec.metrics import metric_key
 from sellarec.tuning.resources import check_request, check_shared_storage, check_shared_tracking, default_gpus
 from sellarec.runtime import repo_root
-from sellarec.tuning.space import METRICS, SAMPLERS, SearchSpace
+from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, SearchSpace
 from sellarec.tuning.space_file import load_space
 from sellarec.tuning.tracking import default_tracking_uri
 
 __all__ = ["SweepOptions", "SweepPlan", "SCHEDULERS", "SMOKE_SAMPLES", "META", "check_options", "new_plan",
            "resume_plan", "options_from_args", "study_url", "resume_command"]
 
-SCHEDULERS = ("asha", "fifo")
 SMOKE_SAMPLES = 4
 META = "sweep.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -72,7 +71,7 @@ class SweepOptions:
     overrides: tuple[str, ...] = ()
     num_samples: int | None = None
     sampler: str | None = None
-    scheduler: str = "asha"
+    scheduler: str | None = None
     metric: str | None = None
     seed: int | None = None
     cpus_per_trial: float = 1.0
@@ -140,7 +139,7 @@ def check_options(o: SweepOptions) -> None:
         raise ConfigError(f"--num-samples={o.num_samples} must be >= 1")
     if o.sampler is not None and o.sampler not in SAMPLERS:
         raise ConfigError(f"--sampler={o.sampler!r} is not one of {', '.join(SAMPLERS)}")
-    if o.scheduler not in SCHEDULERS:
+    if o.scheduler is not None and o.scheduler not in SCHEDULERS:
         raise ConfigError(f"--scheduler={o.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     if o.metric is not None and o.metric not in METRICS:
         raise ConfigError(f"--metric={o.metric!r} is not one of {', '.join(METRICS)} (model selection never "
@@ -216,14 +215,18 @@ def new_plan(o: SweepOptions) -> tuple[SweepPlan, SearchSpace]:
     cfg = load_config(profile, o.preset, overrides, o.config_file)
     space.validate(cfg)
     metric = o.metric or space.metric
-    if o.scheduler == "asha" and metric != metric_key("valid", "auc"):
+    scheduler = o.scheduler or space.scheduler
+    if scheduler == "asha" and cfg.final_stage != "stage3":
+        raise ConfigError(f"ASHA stops trials at stage-3 evaluations and these trials end at {cfg.final_stage}; "
+                          "pass --scheduler fifo (or set scheduler: fifo in the space)")
+    if scheduler == "asha" and metric != metric_key("valid", "auc"):
         raise ConfigError(f"--scheduler asha needs --metric {metric_key('valid', 'auc')} (the only metric of the "
                           f"intermediate stage-3 evaluations); use --scheduler fifo for {metric}")
     step_keys = sorted(set(space.keys) & STEP_COUNT_KEYS)
-    if o.scheduler == "asha" and step_keys:
+    if scheduler == "asha" and step_keys:
         raise ConfigError(f"space {space.name} searches {step_keys[0]}, which changes the number of stage-3 steps; "
                           "ASHA compares trials at common steps: pass --scheduler fifo")
-    cadence, steps = _stage3_eval_cadence(cfg, o.scheduler)
+    cadence, steps = _stage3_eval_cadence(cfg, scheduler)
     cfg = apply_overrides(cfg, cadence) if cadence else cfg
     num_samples = o.num_samples or space.num_samples
     if o.smoke_test:
@@ -244,7 +247,7 @@ def new_plan(o: SweepOptions) -> tuple[SweepPlan, SearchSpace]:
         config_file=str(Path(o.config_file).resolve()) if o.config_file else None,
         sampler=o.sampler or space.sampler.kind, seed=space.sampler.seed if o.seed is None else o.seed,
         n_startup_trials=n_startup if n_startup is not None else min(10, max(1, num_samples // 2)),
-        scheduler=o.scheduler, metric=metric, mode=space.mode, cpus_per_trial=float(o.cpus_per_trial),
+        scheduler=scheduler, metric=metric, mode=space.mode, cpus_per_trial=float(o.cpus_per_trial),
         gpus_per_trial=default_gpus(o.gpus_per_trial, o.address), max_concurrent=o.max_concurrent,
         max_failures=o.max_failures,
         tracking_uri=o.tracking_uri or default_tracking_uri(), report_dir=str(report_dir), top_k=o.top_k,

@@ -26,10 +26,11 @@ from typing import Any
 from sellarec.config import SellaConfig, apply_overrides
 from sellarec.errors import ConfigError
 
-__all__ = ["METRICS", "SAMPLERS", "ParamSpec", "SamplerSpec", "SearchSpace", "label"]
+__all__ = ["METRICS", "SAMPLERS", "SCHEDULERS", "ParamSpec", "SamplerSpec", "SearchSpace", "label"]
 
 METRICS = ("valid/auc", "valid/uauc")   # final validation metrics of stage 3 (model selection; never test)
 SAMPLERS = ("tpe", "gp", "random")
+SCHEDULERS = ("asha", "fifo")
 
 
 def label(value: Any) -> Any:
@@ -115,6 +116,7 @@ class SearchSpace:
         params: the searched parameters, in file order (conditions refer to earlier ones).
         fixed: settings every trial runs with (``fixed:`` in the file, included spaces' first), e.g. the budget;
             ``--set`` overrides them.
+        scheduler: the space's trial scheduler (``asha`` or ``fifo``); ``--scheduler`` overrides it.
     """
 
     name: str
@@ -125,6 +127,7 @@ class SearchSpace:
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     params: tuple[ParamSpec, ...] = ()
     fixed: dict[str, Any] = field(default_factory=dict)
+    scheduler: str = "asha"
 
     @property
     def fixed_overrides(self) -> list[str]:

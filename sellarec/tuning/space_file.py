@@ -13,12 +13,12 @@ import yaml
 
 from sellarec.errors import ConfigError
 from sellarec.runtime import repo_root
-from sellarec.tuning.space import METRICS, SAMPLERS, ParamSpec, SamplerSpec, SearchSpace, label
+from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, ParamSpec, SamplerSpec, SearchSpace, label
 
 __all__ = ["load_space", "parse_space", "space_dir", "list_spaces"]
 
 _KINDS = ("choice", "subsets", "int", "float")
-_TOP_KEYS = ("metric", "mode", "num_samples", "sampler", "params", "include", "fixed")
+_TOP_KEYS = ("metric", "mode", "num_samples", "sampler", "scheduler", "params", "include", "fixed")
 _SPEC_KEYS = {"choice": (), "subsets": (), "int": ("log", "step"), "float": ("log", "step")}
 
 
@@ -275,9 +275,12 @@ def parse_space(raw: Any, path: Path, _seen: tuple[Path, ...] = ()) -> SearchSpa
     num_samples = raw.get("num_samples", 8)
     if not _is_number(num_samples, integer=True) or num_samples < 1:
         raise ConfigError(f"{where}num_samples={num_samples!r} must be an integer >= 1")
+    scheduler = raw.get("scheduler", "asha")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"{where}scheduler={scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     return SearchSpace(name=path.stem, path=path.resolve(), metric=metric, mode=mode, num_samples=num_samples,
                        sampler=_parse_sampler(f"{where}sampler", raw.get("sampler")), params=tuple(params.values()),
-                       fixed=fixed)
+                       fixed=fixed, scheduler=scheduler)
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:

@@ -230,6 +230,8 @@ def test_failing_trials_are_retried_and_recorded(ray_cluster, tmp_path: Path, sh
     ({"address": "127.0.0.1:1", "tracking_uri": "sqlite:///x.db"}, r"--address needs --tracking-uri of a server"),
     ({"space": "training", "scheduler": "asha"},
      r"space training searches stage3.max_train_samples, which changes the number of stage-3 steps; .*--scheduler fifo"),
+    ({"space": "mf", "scheduler": "asha"},
+     r"ASHA stops trials at stage-3 evaluations and these trials end at stage2; pass --scheduler fifo"),
 ])
 def test_bad_options_are_one_line_exit_2(tmp_path: Path, space_file: Path, capsys, change: dict,
                                          message: str) -> None:

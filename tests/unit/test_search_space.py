@@ -48,7 +48,7 @@ def _draws(space, n: int = 150, seed: int = 0) -> list[tuple[dict, dict]]:
     return out
 
 
-@pytest.mark.parametrize("name", ["projector", "tokens", "lora", "full"])
+@pytest.mark.parametrize("name", ["projector", "tokens", "lora", "full", "training", "mf"])
 def test_shipped_spaces_validate_against_tiny_and_quick(name: str) -> None:
     assert name in list_spaces()
     space = load_space(name)
@@ -57,6 +57,14 @@ def test_shipped_spaces_validate_against_tiny_and_quick(name: str) -> None:
     assert space.metric in ("valid/auc", "valid/uauc") and space.num_samples >= 1
     for overrides, _ in _draws(space, n=40):      # every sampled trial is a valid configuration
         apply_overrides(load_config("tiny"), overrides)
+
+
+def test_mf_space_trains_plain_mf_only_and_runs_to_the_end() -> None:
+    space = load_space("mf")
+    cfg = apply_overrides(load_config("quick"), space.fixed_overrides)
+    assert (cfg.final_stage, cfg.stage2.align, space.scheduler) == ("stage2", "none", "fifo")
+    assert set(space.keys) == {"stage2.lr", "stage2.weight_decay", "stage2.emb_dim", "stage2.batch_size"}
+    assert space.num_samples >= 16 and load_space("projector").scheduler == "asha"  # the default
 
 
 def test_full_space_is_the_union_of_the_others() -> None:
@@ -181,6 +189,8 @@ BAD = [
     ("num_samples: 0\nparams:\n  stage3.lr: {float: [0.001, 0.01]}\n", r"num_samples=0 must be an integer >= 1"),
     ("sampler: {kind: cmaes}\nparams:\n  stage3.lr: {float: [0.001, 0.01]}\n",
      r"sampler.kind='cmaes' is not one of tpe, gp, random"),
+    ("scheduler: hyperband\nparams:\n  stage3.lr: {float: [0.001, 0.01]}\n",
+     r"scheduler='hyperband' is not one of asha, fifo"),
     ("params:\n  stage3.lr: {float: [0.001, 0.01]}\n  stage3.lr: {float: [0.001, 0.1]}\n",
      r"key 'stage3.lr' appears twice \(line 3\)"),
     ("params:\n  stage3.lr: {float: [0.001, 0.01]\n", r"expected ',' or '}'.*; fix the YAML syntax"),
