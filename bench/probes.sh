@@ -15,7 +15,7 @@ OUT="${2:-runs/probes}"
 PY="${PY:-.venv/bin/python}"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 case "$NAME" in
-  stage1-answer) args=(--preset tallrec --set stage1.loss_mask=answer_only --set stage1.lr=1e-3
+  stage1-answer) args=(--preset tallrec-style --set stage1.loss_mask=answer_only --set stage1.lr=1e-3
                        --set stage1.max_train_samples=512 --set stage1.eval_every_steps=8
                        --set eval.max_valid_samples=200) ;;
   stage3-b8) args=(--preset sella --set stage3.max_train_samples=256 --set stage3.grad_accum=1

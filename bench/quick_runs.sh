@@ -3,7 +3,7 @@
 #   bash bench/quick_runs.sh [OUT]      (OUT defaults to runs/quick)
 # 1. sella from an empty cache (SmolLM2 conversion, data processing and all three stages: the "cold" time);
 # 2. sella with a stage-3 change (stages 1-2 from the cache);
-# 3. the baselines tallrec, collm and mf through the same cache.
+# 3. the baselines tallrec-style, collm-style and mf through the same cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/quick}"
@@ -22,7 +22,7 @@ run() {  # name, then train options
 : > "$OUT/wall.tsv"
 run sella-cold --preset sella
 run sella-stage3-only --preset sella --set stage3.lr=5e-4
-run tallrec --preset tallrec
-run collm --preset collm
+run tallrec-style --preset tallrec-style
+run collm-style --preset collm-style
 run mf --preset mf
-"$PY" -m sellarec compare "$OUT"/sella-cold "$OUT"/tallrec "$OUT"/collm "$OUT"/mf
+"$PY" -m sellarec compare "$OUT"/sella-cold "$OUT"/tallrec-style "$OUT"/collm-style "$OUT"/mf

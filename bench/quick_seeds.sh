@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # The quick-profile results of docs/results.md: presets x seeds on the embedded default, then one comparison table.
 #   bash bench/quick_seeds.sh [OUT]            (OUT defaults to runs/quick-seeds)
-#   SEEDS="0 1 2" PRESETS="sella tallrec mf" JOBS=2 bash bench/quick_seeds.sh
+#   SEEDS="0 1 2" PRESETS="sella tallrec-style mf" JOBS=2 bash bench/quick_seeds.sh
 # Runs go through the shared stage cache ($SELLAREC_CACHE), so a rerun, or a preset whose stages another run already
-# computed (tallrec = sella's stage 1), costs nothing; JOBS seeds run at once, one torch thread each.
+# computed (tallrec-style = sella's stage 1), costs nothing; JOBS seeds run at once, one torch thread each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/quick-seeds}"
 PY="${PY:-.venv/bin/python}"
 SEEDS="${SEEDS:-0 1 2}"
-PRESETS="${PRESETS:-sella tallrec mf}"
+PRESETS="${PRESETS:-sella tallrec-style mf}"
 JOBS="${JOBS:-2}"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p "$OUT"
-one_seed() {  # every preset of one seed, in order (sella first: tallrec reuses its stage 1)
+one_seed() {  # every preset of one seed, in order (sella first: tallrec-style reuses its stage 1)
   local seed=$1 preset start
   for preset in $PRESETS; do
     start=$(date +%s)

@@ -10,7 +10,7 @@ OUT="${1:-runs/stage1-curve}"
 PROMPTS="${2:-1024}"
 PY="${PY:-.venv/bin/python}"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-"$PY" -m sellarec train --profile quick --preset tallrec --set stage1.max_train_samples="$PROMPTS" \
+"$PY" -m sellarec train --profile quick --preset tallrec-style --set stage1.max_train_samples="$PROMPTS" \
   --set stage1.eval_every_steps=16 --set runtime.progress=false --out "$OUT"
 "$PY" - "$OUT/metrics.json" <<'PY'
 import json, sys

@@ -18,7 +18,7 @@ from sellarec.tuning import search
 p = ArgumentParser(prog="tune/search.py", description=__doc__.splitlines()[0])
 p.add_argument("--space", default="projector", help="projector, tokens, lora, full, or a YAML path")
 p.add_argument("--profile", default=None, help="size profile (default quick; tiny with --smoke-test)")
-p.add_argument("--preset", default=None, help="method preset (sella, collm, ...)")
+p.add_argument("--preset", default=None, help="method preset (sella, collm-style, ...)")
 p.add_argument("--config", dest="config_file", default=None, metavar="FILE", help="YAML file of config sections")
 p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")
 p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's)")

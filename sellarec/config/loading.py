@@ -276,7 +276,7 @@ def load_config(profile: str | None = "quick", preset: str | None = None,
 
     Args:
         profile: size profile (``tiny``, ``quick``, ``full``, ``paper-ml1m``, ``paper-book``); None = the defaults.
-        preset: method preset (``sella``, ``collm``, ``tallrec``, ``mf``) or None.
+        preset: method preset (``sella``, ``collm-style``, ``tallrec-style``, ``mf``) or None.
         overrides: dotted overrides such as ``["stage3.tokens=[user,item]"]``.
         config_file: a user YAML file with the same sections as the profiles.
 

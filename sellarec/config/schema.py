@@ -257,13 +257,15 @@ class CollabProjectorConfig:
 
     Attributes:
         type: 'mlp' (paper: Linear-GELU-Linear), 'linear', 'mlp_residual' or 'moe' (gated expert MLPs).
-        hidden: hidden width of the mlp / mlp_residual / moe experts (paper: 1024).
+        hidden: hidden width of the mlp / mlp_residual / moe experts (paper: 1024; CoLLM: 10 x the MF width).
         num_experts: experts of 'moe'.
+        activation: between the two layers of every MLP: 'gelu' (exact; paper and stage 2) or 'relu' (CoLLM).
     """
 
     type: Literal["mlp", "linear", "mlp_residual", "moe"] = "mlp"
     hidden: int = 1024
     num_experts: int = 4
+    activation: Literal["gelu", "relu"] = "gelu"
 
     def __post_init__(self) -> None:
         _check(self.hidden >= 1, "hidden", self.hidden, "must be >= 1")
@@ -453,6 +455,9 @@ class SellaConfig:
         _check(s3.collab_projector.type != "linear", "stage3.projector_init", s3.projector_init,
                "needs a collab projector of stage 2's shape (mlp, mlp_residual or moe), not "
                "stage3.collab_projector.type='linear'; set stage3.projector_init=random")
+        _check(s3.collab_projector.activation == "gelu", "stage3.collab_projector.activation",
+               s3.collab_projector.activation, "must be gelu, stage 2's, to copy stage 2's projection "
+               "(stage3.projector_init=warmup); set projector_init=random")
         _check(s3.collab_projector.hidden == self.stage2.proj_hidden, "stage3.collab_projector.hidden",
                s3.collab_projector.hidden, f"must equal stage2.proj_hidden={self.stage2.proj_hidden} to copy stage 2's "
                "projection (stage3.projector_init=warmup); change one or set projector_init=random")

@@ -23,9 +23,11 @@ __all__ = [
 MOE_NOISE_STD = 0.02  # std of the noise added to each expert's copy (official dormant MoE class)
 
 
-def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """Linear -> GELU(exact) -> Linear, laid out exactly like stage 2's ``AlignedMF.proj`` so state dicts match."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(approximate="none"), nn.Linear(hidden, out_dim))
+def _mlp(in_dim: int, hidden: int, out_dim: int, activation: str = "gelu") -> nn.Sequential:
+    """Linear -> GELU(exact) or ReLU -> Linear, laid out exactly like stage 2's ``AlignedMF.proj`` so state dicts
+    match."""
+    act = nn.GELU(approximate="none") if activation == "gelu" else nn.ReLU()
+    return nn.Sequential(nn.Linear(in_dim, hidden), act, nn.Linear(hidden, out_dim))
 
 
 class ResidualMLP(nn.Module):
@@ -35,9 +37,9 @@ class ResidualMLP(nn.Module):
     training can then grow the linear path.
     """
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, activation: str = "gelu") -> None:
         super().__init__()
-        self.mlp = _mlp(in_dim, hidden, out_dim)
+        self.mlp = _mlp(in_dim, hidden, out_dim, activation)
         self.skip = nn.Linear(in_dim, out_dim, bias=False)
         nn.init.zeros_(self.skip.weight)
 
@@ -53,9 +55,9 @@ class GatedExperts(nn.Module):
     every input (dense gating), which is cheap at projector sizes and keeps the gate differentiable.
     """
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_experts: int) -> None:
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_experts: int, activation: str = "gelu") -> None:
         super().__init__()
-        self.experts = nn.ModuleList(_mlp(in_dim, hidden, out_dim) for _ in range(num_experts))
+        self.experts = nn.ModuleList(_mlp(in_dim, hidden, out_dim, activation) for _ in range(num_experts))
         self.gate = nn.Linear(in_dim, num_experts)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -66,10 +68,10 @@ class GatedExperts(nn.Module):
 
 
 COLLAB_PROJECTORS: dict[str, Callable[[CollabProjectorConfig, int, int], nn.Module]] = {
-    "mlp": lambda cfg, i, o: _mlp(i, cfg.hidden, o),
+    "mlp": lambda cfg, i, o: _mlp(i, cfg.hidden, o, cfg.activation),
     "linear": lambda cfg, i, o: nn.Linear(i, o),
-    "mlp_residual": lambda cfg, i, o: ResidualMLP(i, cfg.hidden, o),
-    "moe": lambda cfg, i, o: GatedExperts(i, cfg.hidden, o, cfg.num_experts),
+    "mlp_residual": lambda cfg, i, o: ResidualMLP(i, cfg.hidden, o, cfg.activation),
+    "moe": lambda cfg, i, o: GatedExperts(i, cfg.hidden, o, cfg.num_experts, cfg.activation),
 }
 
 SEMANTIC_PROJECTORS: dict[str, Callable[[SemanticProjectorConfig, int], nn.Module]] = {

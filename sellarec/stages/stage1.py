@@ -1,8 +1,8 @@
 """Stage 1: LoRA instruction tuning of the LLM on Yes/No CTR prompts (METHOD.md §2; TALLRec-style).
 
 Inputs: the dataset, the backbone, the shared evaluation rows. Output: the adapter weights selected on
-``eval.select_on`` and the AUC/UAUC of the stage-1 model (the `tallrec` baseline) on valid; :func:`evaluate_test` adds
-test, with warm/cold slices.
+``eval.select_on`` and the AUC/UAUC of the stage-1 model (the `tallrec-style` baseline) on valid;
+:func:`evaluate_test` adds test, with warm/cold slices.
 """
 
 from __future__ import annotations

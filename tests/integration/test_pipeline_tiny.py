@@ -92,8 +92,8 @@ def test_a_sweep_run_skips_test_and_a_later_run_adds_it(first_run, tmp_path: Pat
             assert later.metrics[stage][split] == pytest.approx(fresh.metrics[stage][split], abs=1e-6)
 
 
-@pytest.mark.parametrize("preset, stages", [("mf", ["stage2"]), ("tallrec", ["stage1"]),
-                                            ("collm", ["stage1", "stage2", "stage3"])])
+@pytest.mark.parametrize("preset, stages", [("mf", ["stage2"]), ("tallrec-style", ["stage1"]),
+                                            ("collm-style", ["stage1", "stage2", "stage3"])])
 def test_presets_run_only_what_they_need(tmp_path: Path, preset: str, stages: list[str]) -> None:
     cfg = load_config("tiny", preset, [f"runtime.cache_dir={tmp_path / 'cache'}", "runtime.progress=false"])
     result = run_pipeline(cfg, tmp_path / "out")
@@ -101,7 +101,7 @@ def test_presets_run_only_what_they_need(tmp_path: Path, preset: str, stages: li
     if preset == "mf":
         assert result.metrics["stage2"]["align"] is None
         assert not (tmp_path / "cache" / "backbones").exists()            # the LLM was never loaded
-    if preset == "collm":
+    if preset == "collm-style":
         assert result.metrics["stage2"]["align"] is None
 
 

@@ -30,7 +30,7 @@ def _names(spec, **kwargs) -> list[str]:
 def test_components_spec_maps_each_paper_component_to_its_config() -> None:
     cells = {c.name: c for c in expand_cells(load_spec("components", SPECS), profile="tiny")}
     assert list(cells) == ["full", "-warm_token", "-user_token", "-item_token", "-alignment", "-warmup_init",
-                           "-stage1_lora", "-semantic_projector", "mf", "tallrec", "collm"]
+                           "-stage1_lora", "-semantic_projector", "mf", "tallrec-style", "collm-style"]
     full = cells["full"].config
     assert full.stage3.tokens == ("user", "item", "warm") and full.stage3.projector_init == "warmup"
     assert cells["-warm_token"].config.stage3.tokens == ("user", "item")
@@ -43,8 +43,8 @@ def test_components_spec_maps_each_paper_component_to_its_config() -> None:
     lora = cells["-stage1_lora"].config.stage1
     assert lora.max_train_samples == 1 and lora.lr == 1e-12
     assert cells["-semantic_projector"].config.stage3.semantic_projector.type == "lowrank"
-    assert cells["mf"].config.final_stage == "stage2" and cells["tallrec"].config.final_stage == "stage1"
-    assert cells["collm"].config.stage3.tokens == ("user", "item")
+    assert cells["mf"].config.final_stage == "stage2" and cells["tallrec-style"].config.final_stage == "stage1"
+    assert cells["collm-style"].config.stage3.tokens == ("user", "item")
     assert [c.kind for c in cells.values()] == ["full"] + ["ablation"] * 7 + ["baseline"] * 3
 
 
@@ -108,7 +108,7 @@ def test_jobs_map_seeds_to_runtime_seed_and_keys_ignore_runtime() -> None:
     ({"mode": "leave_one_ou"}, r"mode='leave_one_ou' is not one of .* \(did you mean 'leave_one_out'\?\)"),
     ({"seeds": 0}, r"seeds=0 must be >= 1"),
     ({"seeds": [1, 1]}, r"seeds=\[1, 1\] must be a count >= 1 or a list of distinct seeds"),
-    ({"baselines": ["colm"]}, r"unknown preset 'colm' \(did you mean 'collm'\?"),
+    ({"baselines": ["collm_style"]}, r"unknown preset 'collm_style' \(did you mean 'collm-style'\?"),
     ({"components": {"Bad-Name": {"set": {}}}}, r"name 'Bad-Name' must be lowercase"),
     ({"components": {"a": {"sett": {}}}}, r"unknown key 'sett' \(did you mean 'set'\?\)"),
     ({"mode": "factorial", "components": {n: {"set": {"stage3.lr": i / 10}} for i, n in enumerate("abcde", 1)}},

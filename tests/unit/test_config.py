@@ -20,7 +20,7 @@ def test_every_profile_loads(profile: str) -> None:
 
 def test_shipped_profiles_and_presets() -> None:
     assert {"tiny", "quick", "full", "paper-ml1m", "paper-book"} <= set(C.list_profiles())
-    assert {"sella", "collm"} <= set(C.list_presets())
+    assert {"sella", "collm-style", "tallrec-style", "mf"} == set(C.list_presets())
 
 
 @pytest.mark.parametrize("preset", C.list_presets())
@@ -29,7 +29,7 @@ def test_every_preset_combines_with_a_profile(preset: str) -> None:
 
 
 def test_precedence_profile_then_preset_then_override() -> None:
-    cfg = C.load_config("tiny", "collm", ["stage3.tokens=[item]"])
+    cfg = C.load_config("tiny", "collm-style", ["stage3.tokens=[item]"])
     assert cfg.backbone.name == "tiny"                  # from the profile
     assert cfg.stage2.align == "none"                   # from the preset
     assert cfg.stage3.projector_init == "random"        # from the preset
@@ -142,6 +142,6 @@ def test_impossible_stage3_fails_at_load_time(overrides: list[str], message: str
 
 
 def test_stage3_checks_do_not_apply_when_stage3_does_not_run() -> None:
-    cfg = C.load_config("tiny", "tallrec", ["stage3.tokens=[]", "stage2.align=none"])
+    cfg = C.load_config("tiny", "tallrec-style", ["stage3.tokens=[]", "stage2.align=none"])
     assert cfg.final_stage == "stage1"
     assert C.load_config("tiny", overrides=["stage2.align=none", "stage3.tokens=[warm]"]).stage3.tokens == ("warm",)
