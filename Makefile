@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job: the default search (`projector` space, quick profile, 4 trials, TPE + ASHA, MLflow tracking); its
+# The main job: the default search (`projector` space, quick profile, 4 trials, TPE, MLflow tracking); its
 # report goes to runs/demo so a demo never writes into docs/.
 demo: $(STAMP)
 	$(PY) tune/search.py --space projector --report-dir runs/demo
