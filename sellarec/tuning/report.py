@@ -145,8 +145,8 @@ def winner(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
 
 
 def verdict(rows: list[TrialRow], metric: str, mode: str) -> list[str]:
-    """Markdown lines that name the best configuration only when :func:`winner` finds one, and otherwise say why
-    the finished trials cannot be told apart, listing each one's interval."""
+    """Markdown lines that name the best configuration only when :func:`winner` finds one, and otherwise list the
+    trials the top one cannot be told from, with their intervals."""
     finished = [r for r in rows if r.status == "finished"]
     if not finished:
         return ["No trial finished."]
@@ -160,9 +160,16 @@ def verdict(rows: list[TrialRow], metric: str, mode: str) -> list[str]:
         lines = [f"No best configuration: only trial `{finished[0].trial_id}` finished "
                  f"({metric} = {_with_interval(finished[0], metric)}), so the sweep compared nothing."]
     else:
-        lines = [f"No best configuration: the {len(finished)} finished trials cannot be told apart. The top trial's "
-                 "95 % interval does not clear the runner-up's (or a trial reported no interval):", ""]
-        lines += [f"* `{r.trial_id}`: {metric} = {_with_interval(r, metric)}" for r in finished]
+        top = _interval(finished[0], metric)
+        tied = [r for r in finished if top is None or (i := _interval(r, metric)) is None
+                or (i[1] >= top[0] if mode == "max" else i[0] <= top[1])]
+        lines = [f"No best configuration: the top trial's 95 % interval does not clear the runner-up's, so this sweep "
+                 f"cannot order them. These {len(tied)} finished trials have intervals that overlap the top one's "
+                 "(or no interval):", ""]
+        lines += [f"* `{r.trial_id}`: {metric} = {_with_interval(r, metric)}" for r in tied]
+        if len(tied) < len(finished):
+            lines += ["", f"The other {len(finished) - len(tied)} finished trials lie wholly "
+                      f"{'below' if mode == 'max' else 'above'} the top trial's interval."]
     return lines + ["", f"The highest point estimate is trial `{finished[0].trial_id}`: a candidate, not a winner."]
 
 

@@ -145,6 +145,24 @@ def test_tpe_sweep_records_the_mlflow_hierarchy(ray_cluster, tmp_path: Path, sha
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
 
 
+def test_mf_space_searches_plain_mf_on_every_valid_row(ray_cluster, tmp_path: Path, shared_cache: Path) -> None:
+    from sellarec.data.dataset import load_dataset
+
+    opts = _options(tmp_path, shared_cache, "mf", name="mf", num_samples=3)
+    out = run_sweep(opts)
+    assert [r.status for r in out.rows] == ["finished"] * 3
+    parent, children = _runs(opts.tracking_uri, "mf")
+    assert parent.data.tags["scheduler"] == "fifo"                       # the space's scheduler
+    base = load_config("tiny", overrides=[f"runtime.cache_dir={shared_cache}"])
+    valid_rows = len(load_dataset(base.data, shared_cache).split("valid"))
+    for child in children:
+        m = child.data.metrics
+        assert m["valid/rows"] == valid_rows                             # eval.max_valid_samples: null
+        assert "cache/stage1" not in m and "cache/stage3" not in m       # plain MF: no LLM stage ran
+        assert set(child.data.params) >= {"stage2.lr", "stage2.weight_decay", "stage2.emb_dim", "stage2.batch_size"}
+    assert "needs at least 8 finished trials, has 3" in (Path(opts.report_dir) / "mf.md").read_text()
+
+
 @pytest.mark.slow
 def test_asha_stops_only_at_stage3_evaluations(ray_cluster, tmp_path: Path, shared_cache: Path,
                                                space_file: Path) -> None:

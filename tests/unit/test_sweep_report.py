@@ -30,10 +30,11 @@ def test_overlapping_intervals_name_no_winner_and_list_every_interval() -> None:
                      METRIC, "max")
     assert winner(rows, METRIC, "max") is None
     text = "\n".join(verdict(rows, METRIC, "max"))
-    assert "No best configuration: the 3 finished trials cannot be told apart" in text
-    for interval in ("[0.6400, 0.7600]", "[0.6100, 0.7100]", "[0.4400, 0.5600]"):
+    assert "No best configuration" in text and "These 2 finished trials have intervals that overlap" in text
+    for interval in ("[0.6400, 0.7600]", "[0.6100, 0.7100]"):
         assert interval in text
-    assert "candidate, not a winner" in text
+    assert "[0.4400, 0.5600]" not in text            # c's interval ends below a's: not tied with the top
+    assert "The other 1 finished trials lie wholly below" in text and "candidate, not a winner" in text
 
 
 def test_only_the_runner_up_matters_and_stopped_trials_are_not_runners_up() -> None:
@@ -67,6 +68,6 @@ def test_report_file_carries_the_verdict_and_the_command(tmp_path: Path) -> None
                  ["see MLflow"], top_k=5)
     text = md.read_text()
     best_section = text.split("## Best configuration", 1)[1].split("## Top", 1)[0]
-    assert "cannot be told apart" in best_section and "python -m sellarec train" in best_section
+    assert "cannot order them" in best_section and "python -m sellarec train" in best_section
     assert "needs at least 8 finished trials" in text
     assert md.with_suffix(".png").stat().st_size > 0
