@@ -64,7 +64,7 @@ def test_mf_space_trains_plain_mf_only_and_runs_to_the_end() -> None:
     cfg = apply_overrides(load_config("quick"), space.fixed_overrides)
     assert (cfg.final_stage, cfg.stage2.align, space.scheduler) == ("stage2", "none", "fifo")
     assert set(space.keys) == {"stage2.lr", "stage2.weight_decay", "stage2.emb_dim", "stage2.batch_size"}
-    assert space.num_samples >= 16 and load_space("projector").scheduler == "asha"  # the default
+    assert space.num_samples >= 16 and load_space("lora").scheduler == "asha"  # a space without the key
 
 
 def test_full_space_is_the_union_of_the_others() -> None:
