@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The quick-profile results of docs/results.md: presets x seeds on the embedded default, then one comparison table.
 #   bash bench/quick_seeds.sh [OUT]            (OUT defaults to runs/quick-seeds)
-#   SEEDS="0 1 2" PRESETS="sella tallrec-style mf" JOBS=2 bash bench/quick_seeds.sh
+#   SEEDS="0 1 2" PRESETS="sella tallrec-style collm-style mf" JOBS=2 bash bench/quick_seeds.sh
 # Runs go through the shared stage cache ($SELLAREC_CACHE), so a rerun, or a preset whose stages another run already
 # computed (tallrec-style = sella's stage 1), costs nothing; JOBS seeds run at once, one torch thread each.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-runs/quick-seeds}"
 PY="${PY:-.venv/bin/python}"
 SEEDS="${SEEDS:-0 1 2}"
-PRESETS="${PRESETS:-sella tallrec-style mf}"
+PRESETS="${PRESETS:-sella tallrec-style collm-style mf}"
 JOBS="${JOBS:-2}"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p "$OUT"
