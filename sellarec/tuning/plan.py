@@ -214,6 +214,8 @@ def new_plan(o: SweepOptions) -> tuple[SweepPlan, SearchSpace]:
     overrides = [*space.fixed_overrides, *o.overrides, "runtime.progress=false"]
     cfg = load_config(profile, o.preset, overrides, o.config_file)
     space.validate(cfg)
+    if space.incumbent:
+        space.point(cfg)   # the incumbent must lie inside the space: fail before anything runs
     metric = o.metric or space.metric
     scheduler = o.scheduler or space.scheduler
     if scheduler == "asha" and cfg.final_stage != "stage3":

@@ -173,13 +173,15 @@ def verdict(rows: list[TrialRow], metric: str, mode: str) -> list[str]:
     return lines + ["", f"The highest point estimate is trial `{finished[0].trial_id}`: a candidate, not a winner."]
 
 
-def format_table(rows: list[TrialRow], keys: list[str], metric: str, *, markdown: bool) -> str:
+def format_table(rows: list[TrialRow], keys: list[str], metric: str, *, markdown: bool,
+                 incumbent: str | None = None) -> str:
     """The table of ``rows`` (already ranked): rank, trial, status, metrics (AUCs with their CI and rows where
-    reported; test columns only where a trial evaluated test), searched parameters."""
+    reported; test columns only where a trial evaluated test), searched parameters; ``incumbent`` (a trial id) is
+    marked as the base configuration's own setting."""
     metrics = [metric] + [m for m in _TABLE_METRICS if m != metric
                           and (not m.startswith("test") or any(m in r.metrics for r in rows))]
     header = ["rank", "trial", "status", *metrics, *(_short(k) for k in keys)]
-    body = [[str(i + 1), r.trial_id, r.status, *(_with_interval(r, m) for m in metrics),
+    body = [[str(i + 1), r.trial_id + (" (incumbent)" if r.trial_id == incumbent else ""), r.status, *(_with_interval(r, m) for m in metrics),
              *(_cell(r.params.get(k)) for k in keys)] for i, r in enumerate(rows)]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -284,7 +286,7 @@ def _plot(path: Path, rows: list[TrialRow], metric: str, mode: str,
 
 def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: str, mode: str,
                  importances: dict[str, dict[str, float] | str], header: list[str], best_command: str,
-                 footer: list[str], top_k: int) -> Path:
+                 footer: list[str], top_k: int, incumbent: str | None = None) -> Path:
     """Write ``<name>.md`` and ``<name>.png`` (same folder); returns the PNG's path.
 
     Args:
@@ -298,6 +300,7 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
         best_command: the command that trains the best configuration.
         footer: bullet lines on where to look further (MLflow, optuna-dashboard, resume).
         top_k: rows in the table.
+        incumbent: id of the trial that ran the base configuration's own setting (space ``incumbent: true``).
     """
     md_path.parent.mkdir(parents=True, exist_ok=True)
     png = md_path.with_suffix(".png")
@@ -307,8 +310,12 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
     if any(r.status == "finished" for r in rows):
         parts += ["The command below retrains the top-ranked trial from the stage cache and evaluates it on test:", "",
                   "```bash", best_command, "```", ""]
+    if incumbent is not None:
+        row = next(r for r in rows if r.trial_id == incumbent)
+        parts += [f"The incumbent, trial `{incumbent}`, ran the base configuration's own setting: {metric} = "
+                  f"{_with_interval(row, metric)}, rank {rows.index(row) + 1} of {len(rows)}.", ""]
     parts += [f"## Top {min(top_k, len(rows))} of {len(rows)} trials", "",
-              format_table(rows[:top_k], keys, metric, markdown=True), ""]
+              format_table(rows[:top_k], keys, metric, markdown=True, incumbent=incumbent), ""]
     failed = [r for r in rows if r.status == "failed"]
     if failed:
         parts += ["Failed trials:", "", *[f"* `{r.trial_id}`: {r.error}" for r in failed], ""]

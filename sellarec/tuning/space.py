@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sellarec.config import SellaConfig, apply_overrides
+from sellarec.config import SellaConfig, apply_overrides, to_flat_dict
 from sellarec.errors import ConfigError
 
 __all__ = ["METRICS", "SAMPLERS", "SCHEDULERS", "ParamSpec", "SamplerSpec", "SearchSpace", "label"]
@@ -117,6 +117,8 @@ class SearchSpace:
         fixed: settings every trial runs with (``fixed:`` in the file, included spaces' first), e.g. the budget;
             ``--set`` overrides them.
         scheduler: the space's trial scheduler (``asha`` or ``fifo``); ``--scheduler`` overrides it.
+        incumbent: the first trial runs the base configuration's own values of the searched parameters, so the
+            report ranks the setting a profile ships beside what the search finds.
     """
 
     name: str
@@ -128,6 +130,7 @@ class SearchSpace:
     params: tuple[ParamSpec, ...] = ()
     fixed: dict[str, Any] = field(default_factory=dict)
     scheduler: str = "asha"
+    incumbent: bool = False
 
     @property
     def fixed_overrides(self) -> list[str]:
@@ -152,6 +155,26 @@ class SearchSpace:
             elif spec.has_otherwise:
                 chosen[spec.key] = spec.otherwise
         return chosen
+
+    def point(self, cfg: SellaConfig) -> dict[str, Any]:
+        """``cfg``'s own values of the searched parameters, as Optuna stores them (the incumbent trial's point).
+
+        Raises:
+            ConfigError: a value lies outside its parameter's range or choices, so no trial could run it.
+        """
+        values = to_flat_dict(cfg)
+        point: dict[str, Any] = {}
+        for spec in self.params:
+            if not spec.active(point):
+                continue
+            value = values[spec.key]
+            ok = (label(value) in {label(c) for c in spec.choices} if spec.kind == "choice"
+                  else spec.low <= value <= spec.high)
+            if not ok:
+                raise ConfigError(f"space {self.name}: incumbent: the configuration's {spec.key}={label(value)!r} "
+                                  "is outside the searched values; widen the range or drop incumbent")
+            point[spec.key] = label(value)
+        return point
 
     def related(self, key: str) -> set[str]:
         """``key`` and every parameter linked to it through ``when`` conditions, in either direction."""

@@ -18,7 +18,7 @@ from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, ParamSpec, Samp
 __all__ = ["load_space", "parse_space", "space_dir", "list_spaces"]
 
 _KINDS = ("choice", "subsets", "int", "float")
-_TOP_KEYS = ("metric", "mode", "num_samples", "sampler", "scheduler", "params", "include", "fixed")
+_TOP_KEYS = ("metric", "mode", "num_samples", "sampler", "scheduler", "incumbent", "params", "include", "fixed")
 _SPEC_KEYS = {"choice": (), "subsets": (), "int": ("log", "step"), "float": ("log", "step")}
 
 
@@ -278,9 +278,12 @@ def parse_space(raw: Any, path: Path, _seen: tuple[Path, ...] = ()) -> SearchSpa
     scheduler = raw.get("scheduler", "asha")
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"{where}scheduler={scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    incumbent = raw.get("incumbent", False)
+    if not isinstance(incumbent, bool):
+        raise ConfigError(f"{where}incumbent={incumbent!r} must be true or false")
     return SearchSpace(name=path.stem, path=path.resolve(), metric=metric, mode=mode, num_samples=num_samples,
                        sampler=_parse_sampler(f"{where}sampler", raw.get("sampler")), params=tuple(params.values()),
-                       fixed=fixed, scheduler=scheduler)
+                       fixed=fixed, scheduler=scheduler, incumbent=incumbent)
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:

@@ -124,9 +124,13 @@ def _tuner(plan: SweepPlan, space: SearchSpace, callback: Any) -> Any:
     from sellarec.tuning.trainable import STEP_KEY, trial_dirname
 
     study_storage = optuna.storages.RDBStorage(study_url(plan))
-    searcher = PruneAwareOptunaSearch(space, metric=plan.metric, mode=plan.mode, sampler=_sampler(plan),
-                                      study_name=plan.name, storage=study_storage)
     base_cfg = from_dict(plan.base)
+    # The incumbent (the base configuration's own values) is queued once, as the study's first trial.
+    fresh = plan.name not in optuna.get_all_study_names(study_storage) \
+        or not optuna.load_study(study_name=plan.name, storage=study_storage).trials
+    incumbent = [space.point(base_cfg)] if space.incumbent and fresh else None
+    searcher = PruneAwareOptunaSearch(space, metric=plan.metric, mode=plan.mode, sampler=_sampler(plan),
+                                      study_name=plan.name, storage=study_storage, points_to_evaluate=incumbent)
     every = base_cfg.stage3.eval_every_steps or plan.stage3_steps
     scheduler = (ASHAScheduler(time_attr=STEP_KEY, max_t=max(1, plan.stage3_steps), grace_period=max(1, every),
                                reduction_factor=2) if plan.scheduler == "asha" else FIFOScheduler())
@@ -166,6 +170,17 @@ def _report_lines(plan: SweepPlan, counts: dict[str, int], seconds: float) -> tu
     return [repo_relative(line) for line in header], [repo_relative(line) for line in footer]
 
 
+def _incumbent_id(plan: SweepPlan, space: SearchSpace, rows: list) -> str | None:
+    """The trial that ran the base configuration's own values (space ``incumbent: true``), if it ran."""
+    from sellarec.tuning.space import label
+
+    if not space.incumbent:
+        return None
+    point = space.point(from_dict(plan.base))
+    return next((r.trial_id for r in rows if {k: label(v) for k, v in r.params.items() if k in point} == point),
+                None)
+
+
 def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTracker, seconds: float) -> SweepOutcome:
     """Rank, print the top-k table and the best configuration, write the report and log it to the parent run."""
     from sellarec.tuning.report import (format_table, param_importances, rank_rows, rows_from_results,
@@ -188,8 +203,9 @@ def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTra
     importances = param_importances(study_url(plan), plan.name)
     header, footer = _report_lines(plan, counts, seconds)
     md = Path(plan.report_dir) / f"{plan.name}.md"
+    incumbent = _incumbent_id(plan, space, rows)
     png = write_report(md, rows, space.keys, plan.metric, plan.mode, importances, header, command, footer,
-                       plan.top_k)
+                       plan.top_k, incumbent)
     summary = {"name": plan.name, "seconds": seconds, "counts": counts, "metric": plan.metric,
                "rows": [asdict(r) for r in rows], "importances": importances}
     (Path(plan.folder) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

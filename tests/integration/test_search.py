@@ -148,7 +148,9 @@ def test_tpe_sweep_records_the_mlflow_hierarchy(ray_cluster, tmp_path: Path, sha
 def test_mf_space_searches_plain_mf_on_every_valid_row(ray_cluster, tmp_path: Path, shared_cache: Path) -> None:
     from sellarec.data.dataset import load_dataset
 
-    opts = _options(tmp_path, shared_cache, "mf", name="mf", num_samples=3)
+    # tiny's MF is 16-d, outside the space's widths: the incumbent needs a width the space searches
+    opts = _options(tmp_path, shared_cache, "mf", name="mf", num_samples=3,
+                    overrides=(f"runtime.cache_dir={shared_cache}", "stage2.emb_dim=32"))
     out = run_sweep(opts)
     assert [r.status for r in out.rows] == ["finished"] * 3
     parent, children = _runs(opts.tracking_uri, "mf")
@@ -160,7 +162,12 @@ def test_mf_space_searches_plain_mf_on_every_valid_row(ray_cluster, tmp_path: Pa
         assert m["valid/rows"] == valid_rows                             # eval.max_valid_samples: null
         assert "cache/stage1" not in m and "cache/stage3" not in m       # plain MF: no LLM stage ran
         assert set(child.data.params) >= {"stage2.lr", "stage2.weight_decay", "stage2.emb_dim", "stage2.batch_size"}
-    assert "needs at least 8 finished trials, has 3" in (Path(opts.report_dir) / "mf.md").read_text()
+    report = (Path(opts.report_dir) / "mf.md").read_text()
+    assert "needs at least 8 finished trials, has 3" in report
+    first = min(children, key=lambda c: c.info.start_time)   # the incumbent runs first: tiny's own MF setting
+    assert float(first.data.params["stage2.lr"]) == base.stage2.lr
+    assert float(first.data.params["stage2.weight_decay"]) == base.stage2.weight_decay
+    assert f"The incumbent, trial `{first.data.tags['trial_id']}`" in report
 
 
 @pytest.mark.slow
@@ -250,6 +257,7 @@ def test_failing_trials_are_retried_and_recorded(ray_cluster, tmp_path: Path, sh
      r"space training searches stage3.max_train_samples, which changes the number of stage-3 steps; .*--scheduler fifo"),
     ({"space": "mf", "scheduler": "asha"},
      r"ASHA stops trials at stage-3 evaluations and these trials end at stage2; pass --scheduler fifo"),
+    ({"space": "mf"}, r"incumbent: the configuration's stage2.emb_dim=16 is outside the searched values"),
 ])
 def test_bad_options_are_one_line_exit_2(tmp_path: Path, space_file: Path, capsys, change: dict,
                                          message: str) -> None:

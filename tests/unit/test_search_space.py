@@ -67,6 +67,19 @@ def test_mf_space_trains_plain_mf_only_and_runs_to_the_end() -> None:
     assert space.num_samples >= 16 and load_space("lora").scheduler == "asha"  # a space without the key
 
 
+def test_incumbent_point_is_the_configurations_own_values() -> None:
+    space = load_space("mf")
+    assert space.incumbent
+    cfg = apply_overrides(load_config("quick"), space.fixed_overrides)
+    assert space.point(cfg) == {"stage2.lr": 1e-2, "stage2.weight_decay": 1e-4, "stage2.emb_dim": 256,
+                                "stage2.batch_size": 1024}                # quick.yaml's and the paper's MF
+    with pytest.raises(ConfigError, match=r"incumbent: the configuration's stage2.emb_dim=16 is outside"):
+        space.point(load_config("tiny"))                                    # tiny's 16-d MF is not searched
+    projector = load_space("projector")
+    point = projector.point(load_config("quick"))   # conditional parameters: only those active at the base
+    assert point["stage3.collab_projector.type"] == "mlp" and "stage3.collab_projector.num_experts" not in point
+
+
 def test_full_space_is_the_union_of_the_others() -> None:
     union = [k for name in ("tokens", "projector", "lora") for k in load_space(name).keys]
     assert load_space("full").keys == union
@@ -191,6 +204,7 @@ BAD = [
      r"sampler.kind='cmaes' is not one of tpe, gp, random"),
     ("scheduler: hyperband\nparams:\n  stage3.lr: {float: [0.001, 0.01]}\n",
      r"scheduler='hyperband' is not one of asha, fifo"),
+    ("incumbent: yes please\nparams:\n  stage3.lr: {float: [0.001, 0.01]}\n", r"incumbent='yes please' must be true or false"),
     ("params:\n  stage3.lr: {float: [0.001, 0.01]}\n  stage3.lr: {float: [0.001, 0.1]}\n",
      r"key 'stage3.lr' appears twice \(line 3\)"),
     ("params:\n  stage3.lr: {float: [0.001, 0.01]\n", r"expected ',' or '}'.*; fix the YAML syntax"),

@@ -71,3 +71,13 @@ def test_report_file_carries_the_verdict_and_the_command(tmp_path: Path) -> None
     assert "cannot order them" in best_section and "python -m sellarec train" in best_section
     assert "needs at least 8 finished trials" in text
     assert md.with_suffix(".png").stat().st_size > 0
+
+
+def test_incumbent_is_marked_with_its_rank(tmp_path: Path) -> None:
+    rows = rank_rows([_row("a", 0.70, 0.64, 0.76), _row("base", 0.66, 0.61, 0.71), _row("c", 0.50, 0.44, 0.56)],
+                     METRIC, "max")
+    md = tmp_path / "sweep.md"
+    write_report(md, rows, ["stage3.lr"], METRIC, "max", {}, [], "cmd", [], top_k=5, incumbent="base")
+    text = md.read_text()
+    assert "The incumbent, trial `base`, ran the base configuration's own setting" in text and "rank 2 of 3" in text
+    assert "| 2 | base (incumbent) |" in text
