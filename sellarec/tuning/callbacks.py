@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,8 +28,12 @@ _LOGGED_KEYS = ("trainable_params", "seconds", "trial_seconds", "peak_gpu_mib")
 
 def _error_reason(trial: Any) -> str:
     """The last line of the trial's error (the exception), or a placeholder."""
+    text = None
     try:
-        text = trial.get_error()
+        # Tune writes the error into the trial's local folder and syncs it to the storage folder later, and
+        # ``get_error`` reads the storage copy: read the local file first, or a busy machine gets no reason.
+        local = Path(trial.error_file) if getattr(trial, "error_file", None) else None
+        text = local.read_text() if local is not None and local.is_file() else trial.get_error()
     except Exception:  # noqa: BLE001 - a missing/unreadable error file must not break the sweep
         text = None
     lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]

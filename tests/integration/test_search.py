@@ -255,7 +255,7 @@ def test_failing_trials_are_retried_and_recorded(ray_cluster, tmp_path: Path, sh
     ({"address": "127.0.0.1:1", "tracking_uri": "sqlite:///x.db"}, r"--address needs --tracking-uri of a server"),
     ({"space": "training", "scheduler": "asha"},
      r"space training searches stage3.max_train_samples, which changes the number of stage-3 steps; .*--scheduler fifo"),
-    ({"space": "mf", "scheduler": "asha"},
+    ({"space": "mf", "scheduler": "asha", "overrides": ("stage2.emb_dim=32",)},
      r"ASHA stops trials at stage-3 evaluations and these trials end at stage2; pass --scheduler fifo"),
     ({"space": "mf"}, r"incumbent: the configuration's stage2.emb_dim=16 is outside the searched values"),
 ])
