@@ -1,7 +1,9 @@
 """Search spaces as data: a YAML file of dotted config paths -> an Optuna define-by-run space with conditions.
 
 A space file (``tune/spaces/<name>.yaml``) holds ``metric``, ``mode``, ``num_samples``, ``sampler`` and ``params``;
-``include: [other, ...]`` prepends the params of other spaces in the same folder. Each entry of ``params`` is one
+``include: [other, ...]`` prepends the params of other spaces in the same folder; ``fixed:`` sets what every trial runs
+with; ``scheduler: asha | fifo`` is the default of ``--scheduler``; ``incumbent: true`` runs the base configuration's
+own values of the searched parameters as the first trial. Each entry of ``params`` is one
 dotted config path with exactly one distribution:
 
 * ``{choice: [a, b, ...]}``: categorical; list values (``[[user, item], [item]]``) are allowed;
