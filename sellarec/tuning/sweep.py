@@ -197,7 +197,7 @@ def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTra
     if best is not None:
         told_apart = winner(rows, plan.metric, plan.mode) is not None
         what = ("best (its interval clears the runner-up's)" if told_apart else
-                "no best configuration (the finished trials' intervals overlap); top point estimate")
+                "no best configuration (the top trial's interval overlaps the runner-up's); top point estimate")
         print(f"\n{what}: trial {best.trial_id}, {plan.metric} = {best.metrics[plan.metric]:.4f}; train it with:\n"
               f"{command}")
     importances = param_importances(study_url(plan), plan.name)
