@@ -11,8 +11,8 @@ for ``mode: grid``, ``axes`` of named levels (the first level of every axis is t
   the axes off their first level).
 
 ``baselines`` adds one row per method preset (``mf``, ``tallrec-style``, ``collm-style``). Seeds map to
-``runtime.seed``. This module checks the file's structure; :mod:`sellarec.ablation.expansion` builds and checks every cell's configuration
-before anything runs, so a bad spec is one ``ConfigError`` line.
+``runtime.seed``. This module checks the file's structure; :mod:`sellarec.ablation.expansion` builds and checks
+every cell's configuration before anything runs, so a bad spec is one ``ConfigError`` line.
 """
 
 from __future__ import annotations

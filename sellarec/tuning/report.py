@@ -111,9 +111,9 @@ def _cell(value: Any) -> str:
 def _with_interval(row: TrialRow, metric: str) -> str:
     """``0.7123 [0.6612, 0.7598] n=400``: the value, its 95 % CI and its rows where the trial reported them."""
     value = _cell(row.metrics.get(metric))
-    low, high = row.metrics.get(f"{metric}_ci_low"), row.metrics.get(f"{metric}_ci_high")
-    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and math.isfinite(low):
-        value += f" [{low:.4f}, {high:.4f}]"
+    interval = _interval(row, metric)
+    if interval is not None:
+        value += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
     split = metric.split("/", 1)[0]
     n = row.metrics.get(f"{split}/rows")
     if isinstance(n, (int, float)) and math.isfinite(n):
@@ -181,7 +181,8 @@ def format_table(rows: list[TrialRow], keys: list[str], metric: str, *, markdown
     metrics = [metric] + [m for m in _TABLE_METRICS if m != metric
                           and (not m.startswith("test") or any(m in r.metrics for r in rows))]
     header = ["rank", "trial", "status", *metrics, *(_short(k) for k in keys)]
-    body = [[str(i + 1), r.trial_id + (" (incumbent)" if r.trial_id == incumbent else ""), r.status, *(_with_interval(r, m) for m in metrics),
+    body = [[str(i + 1), r.trial_id + (" (incumbent)" if r.trial_id == incumbent else ""), r.status,
+             *(_with_interval(r, m) for m in metrics),
              *(_cell(r.params.get(k)) for k in keys)] for i, r in enumerate(rows)]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -323,6 +324,7 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
               "Optuna's PED-ANOVA (importance for reaching the top 10%) and fANOVA (random-forest variance "
               "decomposition) on the finished trials, computed only from "
               f"{MIN_IMPORTANCE_TRIALS} finished trials on. Even then a TPE-biased sample makes both rough and local.",
-              "", _importance_table(importances, keys), "", f"![{metric} per trial and importances]({png.name})", "", "## Where to look further", "", *[f"* {line}" for line in footer], ""]
+              "", _importance_table(importances, keys), "", f"![{metric} per trial and importances]({png.name})",
+              "", "## Where to look further", "", *[f"* {line}" for line in footer], ""]
     md_path.write_text("\n".join(parts), encoding="utf-8")
     return png

@@ -27,7 +27,7 @@ from sellarec.tuning.callbacks import ProgressPrinter, TrialLogger
 from sellarec.tuning.plan import (META, SweepOptions, SweepPlan, check_options, new_plan, resume_command, resume_plan,
                                   study_url)
 from sellarec.tuning.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
-from sellarec.tuning.space import SearchSpace
+from sellarec.tuning.space import SearchSpace, label
 from sellarec.tuning.space_file import load_space
 from sellarec.runtime import describe_machine, repo_relative
 from sellarec.tuning.tracking import FAILED, FINISHED, KILLED, SweepTracker, git_commit
@@ -172,8 +172,6 @@ def _report_lines(plan: SweepPlan, counts: dict[str, int], seconds: float) -> tu
 
 def _incumbent_id(plan: SweepPlan, space: SearchSpace, rows: list) -> str | None:
     """The trial that ran the base configuration's own values (space ``incumbent: true``), if it ran."""
-    from sellarec.tuning.space import label
-
     if not space.incumbent:
         return None
     point = space.point(from_dict(plan.base))
