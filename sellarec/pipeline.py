@@ -8,6 +8,7 @@ metrics, and whether it was a cache hit).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -99,8 +100,25 @@ def stage_keys(cfg: SellaConfig, data_fingerprint: str) -> dict[str, str]:
                                to_dict(cfg.stage2))
     if needs["stage3"]:
         keys["stage3"] = _hash("stage3", CODE_VERSION["stage3"], common, llm, keys["stage1"], keys["stage2"],
-                               to_dict(cfg.stage3))
+                               _without_legacy_defaults(to_dict(cfg.stage3), STAGE3_ADDED_FIELDS))
     return keys
+
+
+# Fields added to a stage's config after caches existed, with the value that reproduces the code before them. At that
+# value a field stays out of the key, so every entry computed before the field was added keeps its key.
+STAGE3_ADDED_FIELDS: dict[tuple[str, ...], Any] = {("collab_projector", "activation"): "gelu"}
+
+
+def _without_legacy_defaults(section: dict[str, Any], added: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    """``section`` minus every added field that holds its pre-addition value."""
+    out = copy.deepcopy(section)
+    for path, legacy in added.items():
+        parent = out
+        for part in path[:-1]:
+            parent = parent.get(part, {})
+        if parent.get(path[-1], legacy) == legacy:
+            parent.pop(path[-1], None)
+    return out
 
 
 def load_run_backbone(cfg: SellaConfig, ds: Dataset, cache_dir: Path):
