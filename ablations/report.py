@@ -14,7 +14,7 @@ from sellarec.ablation import report_command
 from sellarec.arguments import ArgumentParser
 
 parser = ArgumentParser(description=__doc__.splitlines()[0])   # one-line errors, exit 2
-parser.add_argument("--spec", help="spec name in ablations/specs (components, projector) or a YAML path")
+parser.add_argument("--spec", help="spec name in ablations/specs (components, projector, methods) or a YAML path")
 parser.add_argument("--profile", help="profile the ablation ran on (default: the spec's)")
 parser.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<repo>/mlflow/mlflow.db)")
 parser.add_argument("--out", help="Markdown file; the PNG goes beside it (default: docs/ablations/<NAME>.md)")

@@ -15,7 +15,7 @@ from sellarec.ablation import run_command
 from sellarec.arguments import ArgumentParser
 
 parser = ArgumentParser(description=__doc__.splitlines()[0])   # one-line errors, exit 2
-parser.add_argument("--spec", help="spec name in ablations/specs (components, projector) or a YAML path")
+parser.add_argument("--spec", help="spec name in ablations/specs (components, projector, methods) or a YAML path")
 parser.add_argument("--profile", help="size profile of every row (default: the spec's)")
 parser.add_argument("--seeds", type=int, help="number of seeds 0..K-1 (default: the spec's)")
 parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -10,7 +10,8 @@ for ``mode: grid``, ``axes`` of named levels (the first level of every axis is t
 * ``grid``: every combination of the axes' levels (``full`` for the first levels, else ``axis=level,...`` naming
   the axes off their first level).
 
-``baselines`` adds one row per method preset (``mf``, ``tallrec-style``, ``collm-style``). Seeds map to
+``baselines`` adds one row per method preset (``mf``, ``tallrec-style``, ``collm-style``); a ``leave_one_out``
+spec with baselines and no components compares the full model with them (``ablations/specs/methods.yaml``). Seeds map to
 ``runtime.seed``. This module checks the file's structure; :mod:`sellarec.ablation.expansion` builds and checks
 every cell's configuration before anything runs, so a bad spec is one ``ConfigError`` line.
 """
@@ -236,8 +237,10 @@ def parse_spec(values: Any, name: str) -> AblationSpec:
             raise ConfigError(f"{where}: 'axes' is only for mode grid; mode {mode} takes 'components'")
         components = tuple(_change(n, body, f"{where}.components")
                            for n, body in _mapping(values.get("components"), f"{where}.components").items())
-        if not components:
-            raise ConfigError(f"{where}: mode {mode} needs at least one entry under 'components'")
+        # leave_one_out without components is a method comparison: the full model against its baseline rows.
+        if not components and not (mode == "leave_one_out" and values.get("baselines")):
+            raise ConfigError(f"{where}: mode {mode} needs at least one entry under 'components' (leave_one_out "
+                              "may instead list only 'baselines', to compare the full model with them)")
         if mode == "factorial" and len(components) > MAX_FACTORIAL:
             raise ConfigError(f"{where}: mode factorial takes at most {MAX_FACTORIAL} components, got "
                               f"{len(components)}; use leave_one_out or split the spec")

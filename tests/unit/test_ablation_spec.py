@@ -67,6 +67,16 @@ def test_leave_one_out() -> None:
     assert cells[3].config.stage3.lr == 0.5 and cells[4].kind == "baseline"
 
 
+def test_methods_spec_is_the_full_model_and_its_baselines() -> None:
+    cells = expand_cells(load_spec("methods", SPECS), profile="tiny")
+    assert [(c.name, c.kind) for c in cells] == [("full", "full"), ("mf", "baseline"), ("tallrec-style", "baseline"),
+                                                 ("collm-style", "baseline")]
+    with pytest.raises(ConfigError, match=r"mode add_one_in needs at least one entry under 'components'"):
+        parse_spec({"profile": "tiny", "mode": "add_one_in", "baselines": ["mf"]}, "toy")
+    with pytest.raises(ConfigError, match=r"mode leave_one_out needs at least one entry under 'components'"):
+        parse_spec({"profile": "tiny"}, "toy")                              # neither components nor baselines
+
+
 def test_add_one_in() -> None:
     cells = {c.name: c.config for c in expand_cells(_spec("add_one_in"))}
     assert list(cells) == ["full", "bare", "+a", "+b", "+c"]
