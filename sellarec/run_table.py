@@ -6,11 +6,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from sellarec.errors import DataError
 
-__all__ = ["load_run", "runs_markdown"]
+__all__ = ["load_run", "runs_markdown", "model_label"]
 
-STAGE_NAMES = {"stage1": "LLM (stage 1, TALLRec-style)", "stage2": "MF (stage 2)", "stage3": "SeLLa-Rec (stage 3)"}
+STAGE_NAMES = {"stage1": "LLM (stage 1, TALLRec-style)", "stage2": "MF (stage 2)", "stage3": "LLM + ID tokens (stage 3)"}
+
+
+def model_label(final: str, config: dict[str, Any]) -> str:
+    """What a run's final model is, from its resolved config (a run folder does not record its preset's name):
+    ``LLM + ID tokens (stage 3: user, item, warm)``, with ``, MF frozen`` when stage 3 trains no MF table."""
+    if final != "stage3" or "stage3" not in config:
+        return STAGE_NAMES[final]
+    stage3 = config["stage3"]
+    frozen = not stage3.get("train_user_emb", True) and not stage3.get("train_item_emb", True)
+    return f"LLM + ID tokens (stage 3: {', '.join(stage3.get('tokens', []))}{', MF frozen' if frozen else ''})"
 
 
 def load_run(folder: Path) -> dict[str, Any]:
@@ -22,7 +34,9 @@ def load_run(folder: Path) -> dict[str, Any]:
     final = metrics.get("final")
     if final not in metrics:
         raise DataError(f"{folder} has not finished its final stage ({final}); rerun the same train command")
-    return {"name": Path(folder).name, "metrics": metrics, "final": final}
+    config_path = Path(folder) / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    return {"name": Path(folder).name, "metrics": metrics, "final": final, "label": model_label(final, config or {})}
 
 
 def _cell(split: dict[str, Any], name: str, ci: bool) -> str:
@@ -52,7 +66,7 @@ def runs_markdown(folders: list[Path]) -> str:
         m = run["metrics"][run["final"]]
         params = m.get("trainable_params")
         lines.append(
-            f"| {run['name']} | {STAGE_NAMES[run['final']]} | {_cell(m['valid'], 'auc', True)} | "
+            f"| {run['name']} | {run['label']} | {_cell(m['valid'], 'auc', True)} | "
             f"{_cell(m['valid'], 'uauc', False)} | {_cell(m['test'], 'auc', True)} | {_cell(m['test'], 'uauc', True)} | "
             f"{_cell(m['test_warm'], 'auc', False)} | {_cell(m['test_warm'], 'uauc', False)} | "
             f"{_cell(m['test_cold'], 'auc', False)} | {_cell(m['test_cold'], 'uauc', False)} | "

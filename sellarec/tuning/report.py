@@ -11,7 +11,7 @@ from sellarec.metrics import metric_key
 from sellarec.tuning.space import label
 
 __all__ = ["TrialRow", "rows_from_results", "rank_rows", "format_table", "train_command", "param_importances",
-           "write_report", "winner", "verdict", "IMPORTANCE_METHODS", "MIN_IMPORTANCE_TRIALS"]
+           "write_report", "winner", "verdict", "resolution", "IMPORTANCE_METHODS", "MIN_IMPORTANCE_TRIALS"]
 
 IMPORTANCE_METHODS = ("PED-ANOVA", "fANOVA")
 # Importances fitted to fewer finished trials rank noise (a forest on a handful of TPE-biased points); issue 11.
@@ -142,6 +142,24 @@ def winner(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
     if top is None or runner_up is None:
         return None
     return finished[0] if (top[0] > runner_up[1] if mode == "max" else top[1] < runner_up[0]) else None
+
+
+def resolution(rows: list[TrialRow], metric: str) -> list[str]:
+    """The sweep's power line: how far apart two trials must score before the interval rule can order them.
+
+    Two intervals of half-width h are disjoint only when their centres differ by more than 2h, so the top finished
+    trial's half-width sets the smallest difference this sweep can resolve; h shrinks as 1/sqrt(rows), so halving it
+    takes four times the rows.
+    """
+    finished = [r for r in rows if r.status == "finished"]
+    interval = _interval(finished[0], metric) if finished else None
+    rows_n = finished[0].metrics.get(f"{metric.split('/', 1)[0]}/rows") if finished else None
+    if interval is None or not isinstance(rows_n, (int, float)) or not math.isfinite(rows_n):
+        return []
+    half = (interval[1] - interval[0]) / 2
+    return [f"Resolution: the top trial's interval is ±{half:.4f} on {int(rows_n):,} rows, so two trials are ordered "
+            f"only when they differ by more than about {2 * half:.4f}; smaller differences are invisible to this "
+            f"sweep. Halving that takes about {4 * int(rows_n):,} rows."]
 
 
 def verdict(rows: list[TrialRow], metric: str, mode: str) -> list[str]:
@@ -308,6 +326,8 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
     _plot(png, rows, metric, mode, importances)
     parts = [f"# Sweep `{md_path.stem}`", "", *[f"* {line}" for line in header], ""]
     parts += ["## Best configuration", "", *verdict(rows, metric, mode), ""]
+    if power := resolution(rows, metric):
+        parts += [*power, ""]
     if any(r.status == "finished" for r in rows):
         parts += ["The command below retrains the top-ranked trial from the stage cache and evaluates it on test:", "",
                   "```bash", best_command, "```", ""]

@@ -148,7 +148,7 @@ def test_compare_renders_the_final_stage_of_each_run(first_run, tmp_path: Path) 
     out = _cli("compare", str(root / "out"), cache=tmp_path / "cache")
     assert out.returncode == 0, out.stderr
     table = out.stdout.splitlines()
-    assert len(table) == 3 and table[2].startswith("| out | SeLLa-Rec (stage 3) |")
+    assert len(table) == 3 and table[2].startswith("| out | LLM + ID tokens (stage 3: user, item, warm) |")
     test_auc = result.metrics["stage3"]["test"]["auc"]
     assert f"{test_auc:.4f} [" in table[2]
     missing = _cli("compare", str(tmp_path / "nothing"), cache=tmp_path / "cache")

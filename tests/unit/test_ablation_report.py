@@ -279,3 +279,28 @@ def test_power_table_from_the_pooled_paired_spread(report) -> None:
         power = stats.nct.sf(critical, n - 1, delta * math.sqrt(n) / sd) + stats.nct.cdf(-critical, n - 1,
                                                                                          delta * math.sqrt(n) / sd)
         assert power == pytest.approx(0.8, abs=2e-3), label  # the 4-decimal rounding of delta moves power a little
+
+
+def test_a_slice_of_a_few_rows_is_not_reported(tmp_path: Path) -> None:
+    # Cold slices of 3-5 rows per run (ML-100K's per-user split): their AUCs are noise and must not enter the
+    # tables; the test slice's numbers are unchanged by that.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("ablations")
+    parent = client.create_run(exp, start_time=10, tags={"ablation": "few", "profile": "quick", "role": "parent"})
+    test_auc = {("full", 0): 0.70, ("full", 1): 0.74, ("-x", 0): 0.66, ("-x", 1): 0.69}
+    for (cell, seed), auc in test_auc.items():
+        metrics = {"test/auc": auc, "test/rows": 200, "test_warm/rows": 197 - seed, "test_cold/rows": 3 + 2 * seed,
+                   "test_cold/auc": 1.0 - seed, "test_warm/auc": auc}
+        _run(client, exp, parent.info.run_id, cell, seed, metrics, start=100 + seed)
+    out = tmp_path / "few.md"
+    write_report(uri, "few", "quick", out, PUBLISHED, "python ablations/report.py --spec few")
+    markdown = out.read_text(encoding="utf-8")
+    results, diffs = _rows(markdown, "Results"), _rows(markdown, "Difference to the full model")
+    cold = [i for i, (m, _) in enumerate(METRICS) if m == "test_cold/auc"][0] + 1
+    assert results["full"][cold] == results["-x"][cold] == "n/a (3-5 rows)"
+    assert diffs["-x"][cold - 1] == "n/a (3-5 rows)"
+    assert results["full"][1] == f"0.7200 ± {_t_quantile(1) * _sd([0.70, 0.74]) / math.sqrt(2):.4f}"
+    assert "Rows scored per run: test 200, test_warm 196-197, test_cold 3-5." in markdown
+    power = markdown.split("## What these seeds can detect\n", 1)[1].split("\n## ", 1)[0]
+    assert "| cold AUC | n/a | n/a | n/a (3-5 rows) | n/a |" in power

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sellarec.tuning.report import TrialRow, rank_rows, verdict, winner, write_report
+from sellarec.tuning.report import TrialRow, rank_rows, resolution, verdict, winner, write_report
 
 METRIC = "valid/auc"
 
@@ -81,3 +81,11 @@ def test_incumbent_is_marked_with_its_rank(tmp_path: Path) -> None:
     text = md.read_text()
     assert "The incumbent, trial `base`, ran the base configuration's own setting" in text and "rank 2 of 3" in text
     assert "| 2 | base (incumbent) |" in text
+
+
+def test_resolution_is_twice_the_top_half_width_and_four_times_the_rows_halve_it() -> None:
+    # a: [0.64, 0.76] is ±0.06 on 200 rows, so trials 0.12 apart are the closest this sweep can order.
+    rows = rank_rows([_row("a", 0.70, 0.64, 0.76), _row("b", 0.66, 0.61, 0.71)], METRIC, "max")
+    text = " ".join(resolution(rows, METRIC))
+    assert "±0.0600 on 200 rows" in text and "more than about 0.1200" in text and "about 800 rows" in text
+    assert resolution(rank_rows([_row("a", 0.7, None, None)], METRIC, "max"), METRIC) == []
