@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from sellarec.errors import DataError
+from sellarec.metrics import MIN_SLICE_ROWS
 
 __all__ = ["load_run", "runs_markdown", "model_label"]
 
@@ -40,6 +41,9 @@ def load_run(folder: Path) -> dict[str, Any]:
 
 
 def _cell(split: dict[str, Any], name: str, ci: bool) -> str:
+    rows = split.get("rows")
+    if isinstance(rows, (int, float)) and rows < MIN_SLICE_ROWS:
+        return f"n/a ({int(rows)} rows)"   # an AUC of a handful of rows is noise (MIN_SLICE_ROWS)
     value = split.get(name)
     if value is None or value != value:  # NaN
         return "n/a"

@@ -21,6 +21,7 @@ from sellarec.ablation.stats import detectable_difference, pooled_sd, seeds_need
 from sellarec.ablation.tracking import EXPERIMENT
 from sellarec.config import read_yaml
 from sellarec.errors import ConfigError
+from sellarec.metrics import MIN_SLICE_ROWS
 from sellarec.runtime import repo_relative
 from sellarec.storage import write_text_atomic
 
@@ -31,9 +32,6 @@ METRICS = (("test/auc", "test AUC"), ("test/uauc", "test UAUC"), ("test_warm/auc
 ALPHA = 0.05
 POWER = 0.8
 TARGET_DIFFERENCE = 0.01  # the AUC difference researchers ask about: how many seeds would detect it
-# A slice scored on fewer rows than this on every seed is not reported: near AUC 0.75 with half the rows positive,
-# Hanley and McNeil's standard error on 30 rows is ~0.09, an interval of about ±0.18, wider than any effect here.
-MIN_SLICE_ROWS = 30
 _RESULT_KEYS = {"source", "dataset", "method", "cell", "auc", "uauc"}
 
 
