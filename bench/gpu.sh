@@ -21,6 +21,10 @@ CACHE="$OUT/cache"
 CARD="$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)"
 echo "card: $CARD"
 
+# 0. the tests marked gpu (skipped on CPU machines): the pipeline on CUDA, keys by dtype
+"$PY" -m pytest -q -m gpu tests > "$OUT/gpu-tests.log" 2>&1 || echo "bench/gpu.sh: gpu tests failed"
+tail -3 "$OUT/gpu-tests.log"   # a failure is reported, not fatal: the benchmarks below still run on the lent time
+
 # 1. one quick-profile run in bf16 (cold cache), peak memory from torch's allocator
 "$PY" - "$OUT" "$CACHE" <<'EOF'
 import json, sys, time

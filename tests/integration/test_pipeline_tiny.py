@@ -29,15 +29,11 @@ def first_run(tmp_path_factory: pytest.TempPathFactory):
 def test_metrics_json_contract(first_run) -> None:
     _, root, result = first_run
     metrics = json.loads((root / "out" / "metrics.json").read_text())
-    assert metrics == json.loads(json.dumps(result.metrics))
     assert metrics["final"] == "stage3" and metrics["cache"] == {
         "stage1": "miss", "stage1_test": "miss", "stage2": "miss", "stage3": "miss", "stage3_test": "miss"}
-    for stage in ("stage1", "stage2"):
-        for split in ("valid", "test"):
-            for name in ("auc", "uauc"):
-                assert 0.0 <= metrics[stage][split][name] <= 1.0
-    for split in ("valid", "test", "test_warm", "test_cold"):
-        assert {"auc", "uauc"} <= set(metrics["stage3"][split])
+    for stage in ("stage1", "stage2", "stage3"):                          # the nested layout scripts read
+        for split in ("valid", "test", "test_warm", "test_cold"):
+            assert {"auc", "uauc", "rows"} <= set(metrics[stage][split]), (stage, split)
     assert metrics["stage3"]["trainable_params"] > 0 and metrics["stage3"]["seconds"] > 0
     align = metrics["stage2"]["align"]
     assert align["after"] > align["before"]                               # the alignment loss did its job
@@ -45,6 +41,24 @@ def test_metrics_json_contract(first_run) -> None:
     assert len({metrics[s]["test"]["rows"] for s in ("stage1", "stage2", "stage3")}) == 1
     adapter = root / "cache" / "stages" / "stage1" / metrics["keys"]["stage1"] / "adapter.safetensors"
     assert adapter.stat().st_size < 200_000                               # adapter only, no embeddings
+
+
+def test_stage2_test_auc_is_sklearn_on_the_cached_mf_tables(first_run) -> None:
+    # Recomputed outside the pipeline: the same test rows, the cached MF tables, sklearn's AUC of the dot product.
+    from safetensors.torch import load_file
+    from sklearn.metrics import roc_auc_score
+
+    from sellarec.data.batches import sample_rows
+    from sellarec.data.dataset import load_dataset
+
+    cfg, root, result = first_run
+    rows = sample_rows(load_dataset(cfg.data, root / "cache").split("test"), cfg.eval.max_test_samples,
+                       cfg.runtime.seed + 1)
+    tables = load_file(str(root / "cache" / "stages" / "stage2" / result.metrics["keys"]["stage2"] / "mf.safetensors"))
+    scores = (tables["user_emb.weight"][rows["user"].to_numpy()] * tables["item_emb.weight"][rows["item"].to_numpy()])
+    expected = roc_auc_score(rows["label"].to_numpy(), scores.sum(-1).numpy())
+    assert result.metrics["stage2"]["test"]["rows"] == len(rows) == cfg.eval.max_test_samples
+    assert result.metrics["stage2"]["test"]["auc"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_identical_rerun_is_all_cache_hits(first_run) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,10 +13,29 @@ from sellarec import config as C
 from sellarec.errors import ConfigError
 
 
+CONFIGS = Path(C.__file__).resolve().parents[1] / "configs"
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value of every leaf of a YAML mapping, read independently of the config code."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _flat(cfg: C.SellaConfig) -> dict[str, object]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in C.to_flat_dict(cfg).items()}
+
+
 @pytest.mark.parametrize("profile", C.list_profiles())
-def test_every_profile_loads(profile: str) -> None:
-    cfg = C.load_config(profile)
-    assert isinstance(cfg, C.SellaConfig)
+def test_every_profile_sets_what_its_file_says(profile: str) -> None:
+    leaves = _leaves(yaml.safe_load((CONFIGS / "profiles" / f"{profile}.yaml").read_text()))
+    flat = _flat(C.load_config(profile))
+    assert leaves and {k: flat[k] for k in leaves} == leaves
 
 
 def test_shipped_profiles_and_presets() -> None:
@@ -25,7 +45,11 @@ def test_shipped_profiles_and_presets() -> None:
 
 @pytest.mark.parametrize("preset", C.list_presets())
 def test_every_preset_combines_with_a_profile(preset: str) -> None:
-    C.load_config("tiny", preset)
+    # The preset's keys win over the profile's; every other key stays the profile's.
+    leaves = _leaves(yaml.safe_load((CONFIGS / "presets" / f"{preset}.yaml").read_text()))
+    tiny, combined = _flat(C.load_config("tiny")), _flat(C.load_config("tiny", preset))
+    assert leaves and {k: combined[k] for k in leaves} == leaves
+    assert {k: v for k, v in combined.items() if k not in leaves} == {k: v for k, v in tiny.items() if k not in leaves}
 
 
 def test_precedence_profile_then_preset_then_override() -> None:
