@@ -15,7 +15,7 @@ from sellarec.config import SellaConfig
 from sellarec.data.batches import Example, build_examples, collate
 from sellarec.data.dataset import Dataset, load_dataset
 from sellarec.models.backbone import Backbone
-from sellarec.models.collab import AlignedMF
+from sellarec.models.mf import AlignedMF
 from sellarec.models.lora import attach_lora
 from sellarec.pipeline import load_run_backbone
 from sellarec.runtime import cache_root, configure_threads, describe_machine

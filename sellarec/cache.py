@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sellarec.storage import atomic_dir
+from sellarec.atomic_files import atomic_dir
 
 __all__ = ["StageCache", "CacheEntry"]
 

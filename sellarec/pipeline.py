@@ -22,13 +22,13 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from sellarec.atomic_files import write_json_atomic, write_text_atomic
 from sellarec.cache import StageCache
 from sellarec.config import SellaConfig, to_dict
 from sellarec.data.batches import sample_rows
 from sellarec.data.dataset import Dataset, load_dataset
 from sellarec.data.prompts import tiny_corpus
 from sellarec.runtime import cache_root, configure_threads, seed_everything
-from sellarec.storage import write_json_atomic, write_text_atomic
 
 __all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "stage_keys", "load_run_backbone"]
 
@@ -192,7 +192,7 @@ def _stage1(run: _Run, scratch: Path, on_eval: OnEval | None) -> dict:
 
 
 def _stage2(run: _Run, scratch: Path, semantic_needed: bool) -> dict:
-    from sellarec.stages.collab import train_collab
+    from sellarec.stages.stage2 import train_collab
     from sellarec.stages.distill import distill_items
 
     cfg, start = run.cfg, time.perf_counter()
@@ -220,7 +220,7 @@ def _stage2(run: _Run, scratch: Path, semantic_needed: bool) -> dict:
 
 
 def _load_mf(run: _Run, folder: Path):
-    from sellarec.models.collab import AlignedMF
+    from sellarec.models.mf import AlignedMF
 
     state = load_file(str(folder / "mf.safetensors"))
     semantic_path = folder / "semantic.safetensors"

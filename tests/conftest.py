@@ -68,7 +68,7 @@ def tiny_stage3_parts(tmp_path_factory: pytest.TempPathFactory):
     from sellarec.data import load_dataset
     from sellarec.data.prompts import tiny_corpus
     from sellarec.models.backbone import load_backbone
-    from sellarec.models.collab import AlignedMF
+    from sellarec.models.mf import AlignedMF
     from sellarec.models.lora import attach_lora
 
     cache = tmp_path_factory.mktemp("cache")

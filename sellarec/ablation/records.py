@@ -17,7 +17,7 @@ from sellarec.ablation.tracking import EXPERIMENT, child_runs, find_parent
 from sellarec.errors import DataError
 from sellarec.tuning.tracking import client_for
 
-__all__ = ["Study", "FOOTER_PARAMS", "FOOTER_TAGS", "load_study"]
+__all__ = ["AblationRuns", "FOOTER_PARAMS", "FOOTER_TAGS", "load_ablation_runs"]
 
 FOOTER_PARAMS = ("data.dataset", "data.split", "data.max_users", "data.sample_seed", "data.warm_definition",
                  "backbone.name", "eval.max_test_samples", "eval.score_fn", "final_stage")
@@ -25,7 +25,7 @@ FOOTER_TAGS = ("data_fingerprint", "label_rule", "git_commit")
 
 
 @dataclass(frozen=True)
-class Study:
+class AblationRuns:
     """An ablation as stored in MLflow.
 
     Attributes:
@@ -63,7 +63,7 @@ def _client(tracking_uri: str) -> Any:
     return client_for(tracking_uri)
 
 
-def load_study(tracking_uri: str, ablation: str, profile: str, experiment: str = EXPERIMENT) -> Study:
+def load_ablation_runs(tracking_uri: str, ablation: str, profile: str, experiment: str = EXPERIMENT) -> AblationRuns:
     """Read the current runs of ``ablation`` on ``profile`` from the MLflow store at ``tracking_uri``.
 
     Raises:
@@ -88,4 +88,4 @@ def load_study(tracking_uri: str, ablation: str, profile: str, experiment: str =
         raise DataError(f"ablation '{ablation}' on profile '{profile}' has no finished run in {tracking_uri}; {hint}")
     frame = pd.DataFrame([_record(run) for run in latest.values()])
     frame = frame.sort_values(["index", "cell", "seed"], kind="stable").reset_index(drop=True)
-    return Study(ablation, profile, dict(sorted(parent.data.tags.items())), frame)
+    return AblationRuns(ablation, profile, dict(sorted(parent.data.tags.items())), frame)

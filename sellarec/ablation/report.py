@@ -15,15 +15,15 @@ from typing import Any
 
 import pandas as pd
 
-from sellarec.ablation.records import Study, load_study
+from sellarec.ablation.records import AblationRuns, load_ablation_runs
 from sellarec.ablation.spec import FULL
 from sellarec.ablation.stats import detectable_difference, pooled_sd, seeds_needed, summarize
 from sellarec.ablation.tracking import EXPERIMENT
+from sellarec.atomic_files import write_text_atomic
 from sellarec.config import read_yaml
 from sellarec.errors import ConfigError
 from sellarec.metrics import MIN_SLICE_ROWS
 from sellarec.runtime import repo_relative
-from sellarec.storage import write_text_atomic
 
 __all__ = ["METRICS", "load_published", "render_markdown", "render_plot", "write_report"]
 
@@ -137,7 +137,7 @@ def _cost(frame: pd.DataFrame, column: str, digits: int) -> str:
     return f"{round(values.mean()):,}" if digits == 0 else f"{values.mean():,.{digits}f}"
 
 
-def _published(study: Study, cells: pd.DataFrame, published: dict[str, Any]) -> list[str]:
+def _published(study: AblationRuns, cells: pd.DataFrame, published: dict[str, Any]) -> list[str]:
     datasets = sorted({str(v) for v in study.runs["data.dataset"]})
     known = sorted({str(r["dataset"]) for r in published["results"]})
     matches = [r for r in published["results"] if str(r["dataset"]) in datasets]
@@ -160,7 +160,7 @@ def _published(study: Study, cells: pd.DataFrame, published: dict[str, Any]) -> 
     return lines
 
 
-def _footer(study: Study, commands: list[str]) -> list[str]:
+def _footer(study: AblationRuns, commands: list[str]) -> list[str]:
     runs, warm = study.runs, sorted({str(v) for v in study.runs["data.warm_definition"]})
     warm_text = {"sella": "warm = not cold (SeLLa)",
                  "collm": "warm = user and item each seen more than 3 times in train (CoLLM; rows seen 1-3 times are "
@@ -188,7 +188,7 @@ def _footer(study: Study, commands: list[str]) -> list[str]:
         "", "Commands:", "", "```bash", *commands, "```", ""]
 
 
-def render_markdown(study: Study, published: dict[str, Any], png_name: str, report_command: str) -> str:
+def render_markdown(study: AblationRuns, published: dict[str, Any], png_name: str, report_command: str) -> str:
     """The report's Markdown (see the module docstring); deterministic for the same ``study``."""
     runs = study.runs
     metrics = [m for m, _ in METRICS]
@@ -249,7 +249,7 @@ def render_markdown(study: Study, published: dict[str, Any], png_name: str, repo
     return "\n".join(lines + _footer(study, commands))
 
 
-def render_plot(study: Study, path: Path) -> None:
+def render_plot(study: AblationRuns, path: Path) -> None:
     """Test AUC and UAUC per cell (mean ± 95% interval), the full model's mean dashed; a PNG without timestamps."""
     from matplotlib.figure import Figure
 
@@ -283,7 +283,7 @@ def write_report(tracking_uri: str, ablation: str, profile: str, out: Path, publ
         DataError: no such store, ablation or finished run.
         ConfigError: a malformed published-numbers file.
     """
-    study = load_study(tracking_uri, ablation, profile, experiment)
+    study = load_ablation_runs(tracking_uri, ablation, profile, experiment)
     published = load_published(published_path)
     out = Path(out)
     png = out.with_suffix(".png")

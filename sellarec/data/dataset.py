@@ -16,11 +16,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from sellarec.atomic_files import atomic_dir
 from sellarec.config import DataConfig, to_dict
 from sellarec.data.protocol import DEFAULT_POSITIVE_RATING, apply_protocol, subsample_users
 from sellarec.data.readers import read_raw, source_files
 from sellarec.errors import DataError
-from sellarec.storage import atomic_dir
 
 __all__ = ["Dataset", "load_dataset", "dataset_stats", "data_fingerprint", "SPLITS", "ITEM_WORDS"]
 

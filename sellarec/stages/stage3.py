@@ -27,9 +27,10 @@ from torch import Tensor, nn
 from sellarec.config import EvalConfig, Stage3Config
 from sellarec.data.batches import Batch, build_examples, collate
 from sellarec.data.dataset import Dataset
+from sellarec.data.prompts import ID_TOKENS
 from sellarec.errors import ConfigError
 from sellarec.models.backbone import Backbone
-from sellarec.models.collab import AlignedMF
+from sellarec.models.mf import AlignedMF
 from sellarec.models.injection import IdTokenInjector
 from sellarec.models.lora import adapter_state, attach_lora, load_adapter_state
 from sellarec.models.projector import build_collab_projector, build_semantic_projector, warmup_init
@@ -39,7 +40,6 @@ from sellarec.stages.loop import run_loop
 __all__ = ["Stage3Output", "build_injector", "fast_loss", "official_loss", "run", "restore", "evaluate_test"]
 
 OnEval = Callable[[dict[str, float], int], None]
-TOKEN_NAMES = {"user": "<User_ID>", "item": "<Item_ID>", "warm": "<Warm_ID>"}
 
 
 @dataclass
@@ -97,7 +97,7 @@ def build_injector(cfg: Stage3Config, mf: AlignedMF, semantic: Tensor, backbone:
     injector = IdTokenInjector(
         user_emb=mf.user_emb.weight, item_emb=mf.item_emb.weight,
         item_sem=item_sem if "warm" in cfg.tokens else None, collab=collab, semantic=sem_proj, tokens=cfg.tokens,
-        token_ids={name: backbone.special_ids[TOKEN_NAMES[name]] for name in cfg.tokens})
+        token_ids={name: backbone.special_ids[ID_TOKENS[name]] for name in cfg.tokens})
     # A table whose token is absent gets no gradient; leaving it frozen keeps the trainable count honest.
     injector.user_emb.weight.requires_grad_(cfg.train_user_emb and "user" in cfg.tokens)
     injector.item_emb.weight.requires_grad_(cfg.train_item_emb and "item" in cfg.tokens)

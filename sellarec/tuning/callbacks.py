@@ -16,7 +16,7 @@ import yaml
 from ray import tune
 
 from sellarec.config import apply_overrides, from_dict, to_dict
-from sellarec.tuning.space import label
+from sellarec.tuning.space import choice_key
 from sellarec.tuning.tracking import FAILED, FINISHED, KILLED, SweepTracker
 from sellarec.tuning.trainable import COMPLETE_KEY, STEP_KEY
 
@@ -127,7 +127,7 @@ class ProgressPrinter(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Print the trial's parameters."""
         params = ", ".join(f"{k.replace('stage', 's', 1)}={v:.3g}" if isinstance(v, float) else
-                           f"{k.replace('stage', 's', 1)}={label(v)}" for k, v in trial.config.items())
+                           f"{k.replace('stage', 's', 1)}={choice_key(v)}" for k, v in trial.config.items())
         self._say(trial, f"started: {params}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

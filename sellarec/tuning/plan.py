@@ -24,11 +24,11 @@ from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, SearchSpace
 from sellarec.tuning.space_file import load_space
 from sellarec.tuning.tracking import default_tracking_uri
 
-__all__ = ["SweepOptions", "SweepPlan", "SCHEDULERS", "SMOKE_SAMPLES", "META", "check_options", "new_plan",
+__all__ = ["SweepOptions", "SweepPlan", "SCHEDULERS", "SMOKE_SAMPLES", "SWEEP_FILE", "check_options", "new_plan",
            "resume_plan", "options_from_args", "study_url", "resume_command"]
 
 SMOKE_SAMPLES = 4
-META = "sweep.json"
+SWEEP_FILE = "sweep.json"   # the sweep's plan, written once into its folder; --resume reads it back
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -196,9 +196,9 @@ def resume_plan(o: SweepOptions) -> SweepPlan:
         ConfigError: no such sweep.
     """
     storage = _storage(o)
-    meta = _folder(storage, o.name) / META
+    meta = _folder(storage, o.name) / SWEEP_FILE
     if not meta.is_file():
-        raise ConfigError(f"no sweep '{o.name}' to resume in {_folder(storage, o.name).parent} ({META} missing); "
+        raise ConfigError(f"no sweep '{o.name}' to resume in {_folder(storage, o.name).parent} ({SWEEP_FILE} missing); "
                           "check --name and --storage")
     return SweepPlan(**json.loads(meta.read_text()))
 

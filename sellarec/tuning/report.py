@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sellarec.metrics import metric_key
-from sellarec.tuning.space import label
+from sellarec.tuning.space import choice_key
 
 __all__ = ["TrialRow", "rows_from_results", "rank_rows", "format_table", "train_command", "param_importances",
            "write_report", "winner", "verdict", "resolution", "IMPORTANCE_METHODS", "MIN_IMPORTANCE_TRIALS"]
@@ -105,7 +105,7 @@ def _cell(value: Any) -> str:
         if not math.isfinite(value):
             return "nan"
         return f"{value:.4f}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.3g}"
-    return str(label(value))
+    return str(choice_key(value))
 
 
 def _with_interval(row: TrialRow, metric: str) -> str:

@@ -28,14 +28,14 @@ from typing import Any
 from sellarec.config import SellaConfig, apply_overrides, to_flat_dict
 from sellarec.errors import ConfigError
 
-__all__ = ["METRICS", "SAMPLERS", "SCHEDULERS", "ParamSpec", "SamplerSpec", "SearchSpace", "label"]
+__all__ = ["METRICS", "SAMPLERS", "SCHEDULERS", "ParamSpec", "SamplerSpec", "SearchSpace", "choice_key"]
 
 METRICS = ("valid/auc", "valid/uauc")   # final validation metrics of stage 3 (model selection; never test)
 SAMPLERS = ("tpe", "gp", "random")
 SCHEDULERS = ("asha", "fifo")
 
 
-def label(value: Any) -> Any:
+def choice_key(value: Any) -> Any:
     """The Optuna-storable form of a choice: lists become ``"a,b"``; scalars stay as they are."""
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
@@ -91,12 +91,12 @@ class ParamSpec:
 
     def active(self, chosen: dict[str, Any]) -> bool:
         """Whether the condition holds for the values chosen so far (keyed by dotted path)."""
-        return all(label(chosen.get(key)) in {label(v) for v in allowed} for key, allowed in self.when)
+        return all(choice_key(chosen.get(key)) in {choice_key(v) for v in allowed} for key, allowed in self.when)
 
     def suggest(self, trial: Any) -> Any:
         """Draw this parameter from an Optuna trial; returns the config value (lists for list choices)."""
         if self.kind == "choice":
-            labels = [label(c) for c in self.choices]
+            labels = [choice_key(c) for c in self.choices]
             picked = trial.suggest_categorical(self.key, labels)
             return self.choices[labels.index(picked)]
         if self.kind == "int":
@@ -170,12 +170,12 @@ class SearchSpace:
             if not spec.active(point):
                 continue
             value = values[spec.key]
-            ok = (label(value) in {label(c) for c in spec.choices} if spec.kind == "choice"
+            ok = (choice_key(value) in {choice_key(c) for c in spec.choices} if spec.kind == "choice"
                   else spec.low <= value <= spec.high)
             if not ok:
-                raise ConfigError(f"space {self.name}: incumbent: the configuration's {spec.key}={label(value)!r} "
+                raise ConfigError(f"space {self.name}: incumbent: the configuration's {spec.key}={choice_key(value)!r} "
                                   "is outside the searched values; widen the range or drop incumbent")
-            point[spec.key] = label(value)
+            point[spec.key] = choice_key(value)
         return point
 
     def related(self, key: str) -> set[str]:
@@ -232,7 +232,7 @@ class SearchSpace:
             except ConfigError as exc:
                 named = [k for k in drawn if k in str(exc)] or list(drawn)
                 raise ConfigError(f"space {self.path.name}: params {', '.join(named)} can be sampled together as "
-                                  f"{', '.join(f'{k}={label(drawn[k])}' for k in named)}, which fails: {exc}; "
+                                  f"{', '.join(f'{k}={choice_key(drawn[k])}' for k in named)}, which fails: {exc}; "
                                   "make one conditional on the other with when:") from None
 
 
@@ -243,7 +243,7 @@ class _ProbeTrial:
         self.rng, self.forced = rng, forced
 
     def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
-        return label(self.forced[name]) if name in self.forced else self.rng.choice(choices)
+        return choice_key(self.forced[name]) if name in self.forced else self.rng.choice(choices)
 
     def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
         if name in self.forced:

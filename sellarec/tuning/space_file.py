@@ -13,7 +13,7 @@ import yaml
 
 from sellarec.errors import ConfigError
 from sellarec.runtime import repo_root
-from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, ParamSpec, SamplerSpec, SearchSpace, label
+from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, ParamSpec, SamplerSpec, SearchSpace, choice_key
 
 __all__ = ["load_space", "parse_space", "space_dir", "list_spaces"]
 
@@ -120,7 +120,7 @@ def _parse_choices(where: str, kind: str, raw: Any) -> tuple[Any, ...]:
         if len(set(map(str, raw))) != len(raw) or any(isinstance(v, list) for v in raw):
             raise ConfigError(f"{where}: subsets needs distinct scalars, got {raw!r}")
         return tuple(list(c) for n in range(len(raw), 0, -1) for c in itertools.combinations(raw, n))
-    labels = [label(v) for v in raw]
+    labels = [choice_key(v) for v in raw]
     if len(set(map(repr, labels))) != len(labels):
         raise ConfigError(f"{where}: {kind} lists a value twice: {raw!r}")
     return tuple(raw)
@@ -141,10 +141,10 @@ def _parse_when(where: str, raw: Any, earlier: dict[str, ParamSpec]) -> tuple[tu
             values = tuple(allowed)          # several allowed values
         else:
             values = (allowed,)              # one value (for list-valued parameters: one list)
-        possible = {label(v) for v in parent.choices} | ({label(parent.otherwise)} if parent.has_otherwise else set())
+        possible = {choice_key(v) for v in parent.choices} | ({choice_key(parent.otherwise)} if parent.has_otherwise else set())
         if parent.kind == "choice":
             for value in values:
-                if label(value) not in possible:
+                if choice_key(value) not in possible:
                     raise ConfigError(f"{where}: when {key}={value!r} can never hold "
                                       f"({key} takes {', '.join(map(str, sorted(possible, key=str)))})")
         pairs.append((str(key), values))

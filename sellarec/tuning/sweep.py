@@ -24,10 +24,10 @@ from ray.tune.search.optuna import OptunaSearch
 from sellarec.arguments import exit_code
 from sellarec.config import from_dict
 from sellarec.tuning.callbacks import ProgressPrinter, TrialLogger
-from sellarec.tuning.plan import (META, SweepOptions, SweepPlan, check_options, new_plan, resume_command, resume_plan,
+from sellarec.tuning.plan import (SWEEP_FILE, SweepOptions, SweepPlan, check_options, new_plan, resume_command, resume_plan,
                                   study_url)
 from sellarec.tuning.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
-from sellarec.tuning.space import SearchSpace, label
+from sellarec.tuning.space import SearchSpace, choice_key
 from sellarec.tuning.space_file import load_space
 from sellarec.runtime import describe_machine, repo_relative
 from sellarec.tuning.tracking import FAILED, FINISHED, KILLED, SweepTracker, git_commit
@@ -175,7 +175,7 @@ def _incumbent_id(plan: SweepPlan, space: SearchSpace, rows: list) -> str | None
     if not space.incumbent:
         return None
     point = space.point(from_dict(plan.base))
-    return next((r.trial_id for r in rows if {k: label(v) for k, v in r.params.items() if k in point} == point),
+    return next((r.trial_id for r in rows if {k: choice_key(v) for k, v in r.params.items() if k in point} == point),
                 None)
 
 
@@ -260,7 +260,7 @@ def run_sweep(options: SweepOptions) -> SweepOutcome:
         tracker = SweepTracker(plan.tracking_uri, f"search-{plan.space_name}")
         _open_parent(plan, tracker)
         Path(plan.folder).mkdir(parents=True, exist_ok=True)
-        (Path(plan.folder) / META).write_text(json.dumps(asdict(plan), indent=2))
+        (Path(plan.folder) / SWEEP_FILE).write_text(json.dumps(asdict(plan), indent=2))
         return _run(plan, space, tracker, options)
     finally:
         if started:

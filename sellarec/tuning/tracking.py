@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sellarec.runtime import repo_root
-from sellarec.tuning.space import label
+from sellarec.tuning.space import choice_key
 
 __all__ = ["default_tracking_uri", "is_local_store", "git_commit", "client_for", "ensure_experiment", "search_runs",
            "latest_run", "log_values", "close_running", "SweepTracker", "FINISHED", "KILLED", "FAILED", "RUNNING"]
@@ -114,7 +114,7 @@ def latest_run(client: Any, experiment_id: str, tags: Mapping[str, str]) -> Any 
 
 
 def _text(value: Any) -> str:
-    return str(label(value))[:_MAX_PARAM_CHARS]
+    return str(choice_key(value))[:_MAX_PARAM_CHARS]
 
 
 def log_values(client: Any, run_id: str, *, params: Mapping[str, Any] | None = None,

@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from sellarec.models.backbone import SPECIAL_TOKENS, Backbone, load_backbone, smollm2_dir, yes_no_logits
+from sellarec.data.prompts import ID_TOKENS
+from sellarec.models.backbone import Backbone, load_backbone, smollm2_dir, yes_no_logits
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def test_conversion_writes_plain_hf_dir(converted: Path, cache_dir: Path) -> Non
 
 def test_special_tokens_extend_vocab(smollm2: Backbone, converted: Path) -> None:
     base = len(AutoTokenizer.from_pretrained(converted))  # the tokenizer as saved, before our tokens
-    ids = sorted(smollm2.special_ids[t] for t in SPECIAL_TOKENS)
+    ids = sorted(smollm2.special_ids[t] for t in ID_TOKENS.values())
     assert ids == [base, base + 1, base + 2]
     assert len(smollm2.tokenizer) == base + 3
     assert smollm2.model.get_input_embeddings().weight.shape[0] >= base + 3

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sellarec.data.prompts import ID_TOKENS
 from sellarec.errors import ConfigError, ResourceError
 from sellarec.models import backbone as bb
 from sellarec.models.backbone import (
-    SPECIAL_TOKENS,
     build_tiny_backbone_dir,
     load_backbone,
     resolve_device_dtype,
@@ -74,14 +74,14 @@ def test_tiny_sizes(tiny: bb.Backbone) -> None:
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 2, 4, 2)
     assert cfg.intermediate_size == 128
     assert tiny.hidden_size == 64 == tiny.model.get_input_embeddings().weight.shape[1]
-    assert 100 < len(tiny.tokenizer) <= 1000 + len(SPECIAL_TOKENS)
+    assert 100 < len(tiny.tokenizer) <= 1000 + len(ID_TOKENS)
 
 
 def test_special_tokens_are_single_new_ids(tiny: bb.Backbone) -> None:
     tok = tiny.tokenizer
-    ids = [tiny.special_ids[t] for t in SPECIAL_TOKENS]
+    ids = [tiny.special_ids[t] for t in ID_TOKENS.values()]
     assert len(set(ids)) == 3
-    assert set(tiny.special_ids) == set(SPECIAL_TOKENS)
+    assert set(tiny.special_ids) == set(ID_TOKENS.values())
     for token, token_id in tiny.special_ids.items():
         assert tok.convert_ids_to_tokens(token_id) == token
         assert tok(token, add_special_tokens=False)["input_ids"] == [token_id]
@@ -95,7 +95,7 @@ def test_special_tokens_are_single_new_ids(tiny: bb.Backbone) -> None:
 def test_added_rows_are_reproducible(tmp_path: Path) -> None:
     def rows(seed: int) -> torch.Tensor:
         b = load_backbone("tiny", cache_dir=tmp_path, device="cpu", tiny_corpus=CORPUS, seed=seed)
-        return b.model.get_input_embeddings().weight[[b.special_ids[t] for t in SPECIAL_TOKENS]].clone()
+        return b.model.get_input_embeddings().weight[[b.special_ids[t] for t in ID_TOKENS.values()]].clone()
 
     first = rows(0)
     assert torch.isfinite(first).all() and first.abs().sum() > 0

@@ -90,7 +90,7 @@ def test_hit_does_not_recompute_and_clear_removes(tmp_path: Path) -> None:
 def test_atomic_text_write_gets_the_mode_of_a_plain_write(tmp_path: Path) -> None:
     import os
 
-    from sellarec.storage import write_text_atomic
+    from sellarec.atomic_files import write_text_atomic
 
     plain, atomic = tmp_path / "plain.md", tmp_path / "atomic.md"
     plain.write_text("x")
@@ -102,7 +102,7 @@ def test_atomic_text_write_gets_the_mode_of_a_plain_write(tmp_path: Path) -> Non
 def test_atomic_dir_gets_the_mode_of_a_plain_mkdir(tmp_path: Path) -> None:
     import os
 
-    from sellarec.storage import atomic_dir
+    from sellarec.atomic_files import atomic_dir
 
     (tmp_path / "plain").mkdir()
     with atomic_dir(tmp_path / "atomic") as scratch:

@@ -12,6 +12,7 @@ import torch
 
 from sellarec.config import CollabProjectorConfig, SemanticProjectorConfig, Stage3Config
 from sellarec.data.batches import Example, build_examples
+from sellarec.data.prompts import ID_TOKENS
 from sellarec.stages import stage3
 from sellarec.stages import evaluation
 from sellarec.stages.evaluation import (MIN_GROUP_PREFIX, MIN_SHARED_PREFIX, PrefixGroup, build_shared_prefix,
@@ -94,7 +95,7 @@ def test_fast_scores_equal_scoring_each_prompt_alone(setup, stage) -> None:
     widths = sorted(len(e.ids) for e in examples)                          # suffix passes, shortest batch first
     assert [c[1] for c in calls[1:]] == [max(widths[i: i + 4]) - n for i in range(0, len(widths), 4)]
     if stage == 3:                                                         # ID tokens are never in the prefix
-        assert all(ex.ids.index(bb.special_ids[t]) >= n for ex in examples for t in stage3.TOKEN_NAMES.values())
+        assert all(ex.ids.index(bb.special_ids[t]) >= n for ex in examples for t in ID_TOKENS.values())
 
 
 def test_order_is_the_callers_and_deterministic(setup) -> None:
@@ -227,7 +228,7 @@ def test_group_prefixes_give_the_plain_scores(setup, stage, monkeypatch) -> None
     assert built[0] == (0, start)
     assert len(groups) >= 4 and any(len(g.rows) > 4 for g in groups)  # a group is split into batches
     assert sum(len(g.rows) for g in groups) < len(examples)              # the batches mix in ungrouped prompts
-    ids = [bb.special_ids[t] for t in stage3.TOKEN_NAMES.values()]
+    ids = [bb.special_ids[t] for t in ID_TOKENS.values()]
     first_id_token = [min((e.ids.index(t) for t in ids if t in e.ids), default=len(e.ids)) for e in examples]
     cut = [min([g.length] + [first_id_token[i] for i in g.rows]) if stage == 3 else g.length for g in groups]
     assert sorted(built[1:]) == sorted((start, n) for n in cut if n - start >= MIN_GROUP_PREFIX)

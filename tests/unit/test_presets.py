@@ -11,9 +11,9 @@ from torch import nn
 
 from sellarec.config import load_config
 from sellarec.data.batches import build_examples
-from sellarec.data.prompts import SPECIAL_TOKENS
+from sellarec.data.prompts import ID_TOKENS
 from sellarec.errors import ConfigError
-from sellarec.models.collab import AlignedMF
+from sellarec.models.mf import AlignedMF
 from sellarec.stages import stage3
 
 
@@ -40,7 +40,7 @@ def test_collm_style_prompt_carries_one_user_and_one_item_token(tiny_stage3_part
     tokens = load_config("tiny", "collm-style").stage3.tokens
     example = build_examples(ds, ds.split("train").head(1), bb.tokenizer, stage=3, tokens=tokens, max_length=512,
                              with_answer=True)[0]
-    count = {name: example.ids.count(bb.special_ids[text]) for name, text in SPECIAL_TOKENS.items()}
+    count = {name: example.ids.count(bb.special_ids[text]) for name, text in ID_TOKENS.items()}
     assert count == {"user": 1, "item": 1, "warm": 0}
 
 

@@ -47,7 +47,7 @@ def _n_params(module: nn.Module) -> int:
 
 
 def _stage2_proj(i: int, h: int, o: int) -> nn.Sequential:
-    """Stage 2's ``AlignedMF.proj`` layout (sellarec/models/collab.py), written out independently."""
+    """Stage 2's ``AlignedMF.proj`` layout (sellarec/models/mf.py), written out independently."""
     return nn.Sequential(nn.Linear(i, h), nn.GELU(approximate="none"), nn.Linear(h, o))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sellarec.data.prompts import (SPECIAL_TOKENS, Prompt, history_titles, item_prompt, item_words, render_chat,
+from sellarec.data.prompts import (ID_TOKENS, Prompt, history_titles, item_prompt, item_words, render_chat,
                                    stage1_prompt, stage3_prompt)
 
 MOVIE = item_words("movie")
@@ -40,7 +40,7 @@ def test_stage3_prompt_with_all_tokens_is_the_official_text() -> None:
                                     ("user", "warm"), ("user", "item", "warm")])
 def test_each_chosen_token_appears_exactly_once(tokens: tuple[str, ...]) -> None:
     p = stage3_prompt(MOVIE, ["A", "B"], "C", 1, tokens)
-    for name, token in SPECIAL_TOKENS.items():
+    for name, token in ID_TOKENS.items():
         assert p.user.count(token) == (1 if name in tokens else 0)
     assert ("the user's feature" in p.system) == ("user" in tokens)
     assert ("target movie's feature" in p.system) == bool({"item", "warm"} & set(tokens))

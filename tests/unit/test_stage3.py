@@ -8,7 +8,7 @@ import torch
 from sellarec.config import CollabProjectorConfig, EvalConfig, SemanticProjectorConfig, Stage3Config
 from sellarec.data.batches import build_examples, collate, sample_rows
 from sellarec.errors import ConfigError
-from sellarec.models.collab import AlignedMF
+from sellarec.models.mf import AlignedMF
 from sellarec.stages import stage3
 
 from conftest import TINY_EMB as EMB, TINY_HIDDEN as HIDDEN  # the tiny_stage3_parts fixture's sizes

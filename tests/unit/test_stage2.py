@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from sellarec.config import DataConfig, Stage2Config
 from sellarec.data.dataset import Dataset
 from sellarec.errors import ConfigError
-from sellarec.models.collab import AlignedMF, alignment_loss, infonce_loss, rince_loss
-from sellarec.stages import collab as collab_stage
-from sellarec.stages.collab import train_collab
+from sellarec.models.mf import AlignedMF, alignment_loss, infonce_loss, rince_loss
+from sellarec.stages import stage2
+from sellarec.stages.stage2 import train_collab
 
 NUM_USERS, NUM_ITEMS, D_LLM = 16, 20, 16  # real ids 1..24 and 1..20
 FAST = dict(emb_dim=8, proj_hidden=16, batch_size=32, lr=5e-2, weight_decay=0.0)
@@ -241,8 +241,8 @@ def test_early_stopping_when_nothing_improves(planted, semantic):
 
 
 def test_abort_rule_stops_a_dead_run(planted, monkeypatch):
-    monkeypatch.setattr(collab_stage, "ABORT_AFTER_EPOCH", 3)
-    monkeypatch.setattr(collab_stage, "ABORT_AUC_FLOOR", 1.01)  # every AUC counts as dead
+    monkeypatch.setattr(stage2, "ABORT_AFTER_EPOCH", 3)
+    monkeypatch.setattr(stage2, "ABORT_AUC_FLOOR", 1.01)  # every AUC counts as dead
     result = train_collab(Stage2Config(**FAST, max_epochs=50, patience=50, align="none"), planted, None, seed=0)
     assert result.epochs_run == 4
 

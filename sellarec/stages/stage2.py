@@ -23,7 +23,7 @@ from sellarec.config import Stage2Config
 from sellarec.data.dataset import Dataset
 from sellarec.errors import ConfigError, DataError
 from sellarec.metrics import auc, evaluate_slices, metric_key, uauc
-from sellarec.models.collab import AlignedMF, alignment_loss
+from sellarec.models.mf import AlignedMF, alignment_loss
 
 __all__ = ["CollabResult", "train_collab"]
 
