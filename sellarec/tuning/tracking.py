@@ -228,12 +228,3 @@ class SweepTracker:
         """Attach a local file to a run."""
         self.client.log_artifact(run_id, str(path))
 
-
-def __getattr__(name: str) -> Any:
-    """The Tune callbacks under their old names here: a sweep saved before they moved still resumes (its Tune
-    state pickles ``sellarec.tuning.tracking.TrialLogger``); importing them imports Ray."""
-    if name in ("TrialLogger", "ProgressPrinter"):
-        from sellarec.tuning import callbacks
-
-        return getattr(callbacks, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
