@@ -30,7 +30,8 @@ from sellarec.data.dataset import Dataset, load_dataset
 from sellarec.data.prompts import tiny_corpus
 from sellarec.runtime import cache_root, configure_threads, seed_everything
 
-__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "stage_keys", "load_run_backbone"]
+__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "stage_keys", "stage3_steps",
+           "load_run_backbone"]
 
 log = logging.getLogger(__name__)
 STAGES = ("stage1", "stage2", "stage3")
@@ -119,6 +120,19 @@ def _without_legacy_defaults(section: dict[str, Any], added: dict[tuple[str, ...
         if parent.get(path[-1], legacy) == legacy:
             parent.pop(path[-1], None)
     return out
+
+
+def stage3_steps(cfg: SellaConfig) -> int:
+    """Optimizer steps stage 3 will take (:func:`~sellarec.stages.loop.optimizer_steps` of its training prompts).
+
+    Reads the processed dataset from the cache (a fraction of a second) for the number of training rows.
+    """
+    from sellarec.stages.loop import optimizer_steps
+
+    s3 = cfg.stage3
+    rows = len(load_dataset(cfg.data, cache_root(cfg.runtime)).split("train"))
+    examples = min(rows, s3.max_train_samples) if s3.max_train_samples is not None else rows
+    return optimizer_steps(examples, s3.batch_size, s3.grad_accum, s3.epochs)
 
 
 def load_run_backbone(cfg: SellaConfig, ds: Dataset, cache_dir: Path):

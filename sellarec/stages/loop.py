@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["LoopResult", "lr_factor", "run_loop"]
+__all__ = ["LoopResult", "lr_factor", "optimizer_steps", "run_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,12 @@ class LoopResult:
     steps: int = 0
 
 
+def optimizer_steps(examples: int, batch_size: int, grad_accum: int, epochs: int) -> int:
+    """Optimizer steps :func:`run_loop` takes: per epoch, micro-batches of ``batch_size`` (the last may be short)
+    grouped by ``grad_accum`` (the last group may be short and still steps)."""
+    return epochs * math.ceil(math.ceil(examples / batch_size) / grad_accum)
+
+
 def run_loop(*, name: str, examples: Sequence[Any], batch_size: int, grad_accum: int, epochs: int,
              loss_fn: Callable[[list[Any]], torch.Tensor], params: list[torch.nn.Parameter], lr: float,
              betas: tuple[float, float], weight_decay: float, grad_clip: float, schedule: str, warmup_ratio: float,
@@ -80,8 +86,7 @@ def run_loop(*, name: str, examples: Sequence[Any], batch_size: int, grad_accum:
     from sellarec.data.batches import iter_batches
 
     optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    micro_per_epoch = math.ceil(len(examples) / batch_size)
-    total_steps = epochs * math.ceil(micro_per_epoch / grad_accum)
+    total_steps = optimizer_steps(len(examples), batch_size, grad_accum, epochs)
     warmup = max(1, math.ceil(warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(schedule, s, warmup, total_steps))
     result = LoopResult(best_state=None, best_scores=np.zeros(0))

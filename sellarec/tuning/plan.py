@@ -169,7 +169,7 @@ def _stage3_eval_cadence(cfg: SellaConfig, scheduler: str) -> tuple[list[str], i
     Returns:
         the override that sets it (empty if none is needed) and stage 3's number of optimizer steps.
     """
-    from sellarec.tuning.trainable import stage3_steps
+    from sellarec.pipeline import stage3_steps
 
     steps = stage3_steps(cfg)
     if scheduler == "asha" and cfg.stage3.eval_every_steps == 0 and steps >= 2:

@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sellarec.config import SellaConfig, apply_overrides, from_dict
+from sellarec.config import apply_overrides, from_dict
 from sellarec.metrics import metric_key
 
-__all__ = ["train_trial", "final_metrics", "split_metrics", "cache_flags", "stage3_steps", "STEP_KEY",
+__all__ = ["train_trial", "final_metrics", "split_metrics", "cache_flags", "STEP_KEY",
            "COMPLETE_KEY", "trial_dirname"]
 
 STEP_KEY = "stage3/step"          # ASHA's time attribute: the stage-3 optimizer step of the evaluation
@@ -63,20 +63,6 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def stage3_steps(cfg: SellaConfig) -> int:
-    """Optimizer steps stage 3 will take (as :func:`sellarec.stages.loop.run_loop` counts them).
-
-    Reads the processed dataset from the cache (a fraction of a second) for the number of training prompts.
-    """
-    from sellarec.data.dataset import load_dataset
-    from sellarec.runtime import cache_root
-
-    s3 = cfg.stage3
-    rows = len(load_dataset(cfg.data, cache_root(cfg.runtime)).split("train"))
-    examples = min(rows, s3.max_train_samples) if s3.max_train_samples is not None else rows
-    return s3.epochs * math.ceil(math.ceil(examples / s3.batch_size) / s3.grad_accum)
-
-
 def train_trial(config: dict[str, Any], base: dict[str, Any], intermediate: bool = True) -> None:
     """Run one trial (a Tune function trainable; wrap with ``tune.with_parameters``).
 
@@ -105,6 +91,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], intermediate: bool
     start = time.perf_counter()
     # The last pass is reported by the final report: reported here, ASHA would stop the trial at max_t before
     # its test evaluation.
+    from sellarec.pipeline import stage3_steps
+
     last_step = stage3_steps(cfg) if intermediate else 0
 
     def report(metrics: dict[str, float], step: int) -> None:

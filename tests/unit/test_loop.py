@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from sellarec.stages.loop import run_loop
+from sellarec.stages.loop import optimizer_steps, run_loop
 
 
 def _run(aucs: list[float], *, steps: int, every: int, select_on: str = "valid"):
@@ -49,3 +50,18 @@ def test_nan_never_wins_and_cadence_zero_evaluates_once() -> None:
 def test_selection_split_names_the_keys() -> None:
     result, _, seen = _run([0.6, 0.7], steps=4, every=2, select_on="test")
     assert "test/auc" in result.history[0] and "stage3/test_auc" in seen[0][0]
+
+
+@pytest.mark.parametrize("examples, batch, accum, epochs", [(10, 3, 2, 1), (8, 4, 2, 2), (7, 1, 3, 1), (1, 8, 4, 3)])
+def test_optimizer_steps_counts_the_steps_the_loop_takes(examples: int, batch: int, accum: int, epochs: int) -> None:
+    # Counted independently: one optimizer.step per accum micro-batches, a short final group still steps.
+    weight = torch.nn.Parameter(torch.zeros(1))
+    result = run_loop(
+        name="stage3", examples=list(range(examples)), batch_size=batch, grad_accum=accum, epochs=epochs,
+        loss_fn=lambda chunk: (weight - 1.0).pow(2).sum(), params=[weight], lr=0.1, betas=(0.9, 0.95),
+        weight_decay=0.0, grad_clip=1.0, schedule="constant_warmup", warmup_ratio=0.0, eval_every_steps=0,
+        evaluate=lambda: (0.5, np.zeros(1)), snapshot=lambda: None, train_mode=lambda: None,
+        generator=torch.Generator().manual_seed(0))
+    micro = -(-examples // batch)
+    by_hand = epochs * (micro // accum + (1 if micro % accum else 0))
+    assert result.steps == optimizer_steps(examples, batch, accum, epochs) == by_hand
