@@ -13,7 +13,8 @@ from sellarec.metrics import MIN_SLICE_ROWS
 
 __all__ = ["load_run", "runs_markdown", "model_label"]
 
-STAGE_NAMES = {"stage1": "LLM (stage 1, TALLRec-style)", "stage2": "MF (stage 2)", "stage3": "LLM + ID tokens (stage 3)"}
+STAGE_NAMES = {"stage1": "LLM (stage 1, TALLRec-style)", "stage2": "MF (stage 2)",
+               "stage3": "LLM + ID tokens (stage 3)"}
 
 
 def model_label(final: str, config: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 ``spec`` and ``expansion`` need neither Ray nor MLflow (a bad spec fails in a second); ``runner`` (Ray, MLflow),
 ``report`` (MLflow, matplotlib) and the script commands are imported when first used. Resource checks, Ray start-up
-and the MLflow store helpers are the sweeps' (:mod:`sellarec.tuning.resources`, :mod:`sellarec.tuning.tracking`).
+and the MLflow store helpers come from the platform's base, shared with sweeps (:mod:`sellarec.experiment`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from sellarec.ablation.expansion import expand_cells, expand_jobs
 from sellarec.ablation.spec import AblationSpec, Cell, Job, load_spec
-from sellarec.tuning.resources import Resources
+from sellarec.experiment.resources import Resources
 
 __all__ = ["AblationSpec", "Cell", "Job", "load_spec", "expand_cells", "expand_jobs", "run_ablation", "Resources",
            "write_report", "run_command", "report_command"]

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sellarec.arguments import exit_code
+from sellarec.experiment.tracking import default_tracking_uri
 from sellarec.runtime import repo_root
-from sellarec.tuning.tracking import default_tracking_uri
 
 __all__ = ["SMOKE_DIR", "run_command", "report_command"]
 
@@ -29,7 +29,7 @@ def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """
     from sellarec.ablation.runner import run_ablation
     from sellarec.ablation.spec import load_spec
-    from sellarec.tuning.resources import Resources, check_shared_storage, check_shared_tracking
+    from sellarec.experiment.resources import Resources, check_shared_storage, check_shared_tracking
 
     if args.smoke_test:
         args.spec, args.profile, args.seeds = args.spec or "components", args.profile or "tiny", args.seeds or 2

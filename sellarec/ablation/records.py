@@ -15,7 +15,7 @@ import pandas as pd
 
 from sellarec.ablation.tracking import EXPERIMENT, child_runs, find_parent
 from sellarec.errors import DataError
-from sellarec.tuning.tracking import client_for
+from sellarec.experiment.tracking import client_for
 
 __all__ = ["AblationRuns", "FOOTER_PARAMS", "FOOTER_TAGS", "load_ablation_runs"]
 

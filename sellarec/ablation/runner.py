@@ -20,10 +20,10 @@ from sellarec.ablation.spec import AblationSpec, Job
 from sellarec.ablation.tracking import EXPERIMENT, child_runs, label_rule, start_parent
 from sellarec.config import RuntimeConfig, apply_overrides, to_dict
 from sellarec.errors import ConfigError
+from sellarec.experiment.resources import Resources, start_ray
+from sellarec.experiment.tracking import (FAILED, FINISHED, KILLED, client_for, close_running, ensure_experiment,
+                                          git_commit)
 from sellarec.runtime import cache_root, describe_machine
-from sellarec.tuning.resources import Resources, start_ray
-from sellarec.tuning.tracking import (FAILED, FINISHED, KILLED, client_for, close_running, ensure_experiment,
-                                      git_commit)
 
 if TYPE_CHECKING:
     from sellarec.ablation.trial import JobPayload

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sellarec.config import SellaConfig, to_flat_dict
-from sellarec.tuning.tracking import RUNNING, latest_run, log_values, search_runs
-from sellarec.tuning.trainable import cache_flags, split_metrics
+from sellarec.experiment.tracking import RUNNING, latest_run, log_values, search_runs
+from sellarec.experiment.trial_metrics import cache_flags, split_metrics
 
 __all__ = ["EXPERIMENT", "PARENT_ROLE", "SPLITS", "METRIC_NAMES", "find_parent", "start_parent", "child_runs",
            "create_child", "pipeline_metrics", "label_rule"]

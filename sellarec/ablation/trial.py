@@ -17,8 +17,8 @@ from ray import tune
 
 from sellarec.ablation.tracking import create_child, pipeline_metrics
 from sellarec.config import from_dict
-from sellarec.tuning.resources import cap_gpu_memory, trial_gpu_fraction
-from sellarec.tuning.tracking import FAILED, FINISHED, client_for, log_values
+from sellarec.experiment.resources import cap_gpu_memory, trial_gpu_fraction
+from sellarec.experiment.tracking import FAILED, FINISHED, client_for, log_values
 
 __all__ = ["ERROR_KEY", "JobPayload", "job_id", "trial_dirname", "run_job", "MlflowRunsCallback"]
 

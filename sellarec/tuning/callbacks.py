@@ -16,8 +16,9 @@ import yaml
 from ray import tune
 
 from sellarec.config import apply_overrides, from_dict, to_dict
+from sellarec.experiment.tracking import FAILED, FINISHED, KILLED
 from sellarec.tuning.space import choice_key
-from sellarec.tuning.tracking import FAILED, FINISHED, KILLED, SweepTracker
+from sellarec.tuning.tracking import SweepTracker
 from sellarec.tuning.trainable import COMPLETE_KEY, STEP_KEY
 
 __all__ = ["TrialLogger", "ProgressPrinter"]

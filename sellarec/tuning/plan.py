@@ -17,12 +17,12 @@ from typing import Any
 
 from sellarec.config import SellaConfig, apply_overrides, load_config, to_dict
 from sellarec.errors import ConfigError
+from sellarec.experiment.resources import check_request, check_shared_storage, check_shared_tracking, default_gpus
+from sellarec.experiment.tracking import default_tracking_uri
 from sellarec.metrics import metric_key
-from sellarec.tuning.resources import check_request, check_shared_storage, check_shared_tracking, default_gpus
 from sellarec.runtime import repo_root
 from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, SearchSpace
 from sellarec.tuning.space_file import load_space
-from sellarec.tuning.tracking import default_tracking_uri
 
 __all__ = ["SweepOptions", "SweepPlan", "SCHEDULERS", "SMOKE_SAMPLES", "SWEEP_FILE", "check_options", "new_plan",
            "resume_plan", "options_from_args", "study_url", "resume_command"]

@@ -23,14 +23,15 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sellarec.arguments import exit_code
 from sellarec.config import from_dict
+from sellarec.experiment.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
+from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, git_commit
+from sellarec.runtime import describe_machine, repo_relative
 from sellarec.tuning.callbacks import ProgressPrinter, TrialLogger
 from sellarec.tuning.plan import (SWEEP_FILE, SweepOptions, SweepPlan, check_options, new_plan, resume_command, resume_plan,
                                   study_url)
-from sellarec.tuning.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
 from sellarec.tuning.space import SearchSpace, choice_key
 from sellarec.tuning.space_file import load_space
-from sellarec.runtime import describe_machine, repo_relative
-from sellarec.tuning.tracking import FAILED, FINISHED, KILLED, SweepTracker, git_commit
+from sellarec.tuning.tracking import SweepTracker
 
 # SweepOptions lives in sellarec.tuning.plan; named here too, as run_sweep's argument.
 __all__ = ["SweepOptions", "SweepOutcome", "run_sweep", "main", "PruneAwareOptunaSearch"]

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from sellarec.config import apply_overrides, from_dict
+from sellarec.experiment.trial_metrics import cache_flags, split_metrics
 from sellarec.metrics import metric_key
 
-__all__ = ["train_trial", "final_metrics", "split_metrics", "cache_flags", "STEP_KEY",
+__all__ = ["train_trial", "final_metrics", "STEP_KEY",
            "COMPLETE_KEY", "trial_dirname"]
 
 STEP_KEY = "stage3/step"          # ASHA's time attribute: the stage-3 optimizer step of the evaluation
@@ -29,18 +30,6 @@ _FINAL_SPLITS = ("valid", "test", "test_warm", "test_cold")
 def trial_dirname(trial: Any) -> str:
     """Short trial folder name (Tune's default embeds every parameter)."""
     return f"trial_{trial.trial_id}"
-
-
-def split_metrics(stage: Mapping[str, Any], splits: Iterable[str], names: Iterable[str]) -> dict[str, float]:
-    """``{split}/{name}`` numbers (:func:`~sellarec.metrics.metric_key`) of one stage's metrics, where present."""
-    names = tuple(names)
-    return {metric_key(split, name): float(stage[split][name]) for split in splits for name in names
-            if stage.get(split, {}).get(name) is not None}
-
-
-def cache_flags(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """``cache/<stage>``: 1 when the stage came from the cache, 0 when it was computed."""
-    return {f"cache/{stage}": 1.0 if state == "hit" else 0.0 for stage, state in metrics.get("cache", {}).items()}
 
 
 def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -80,7 +69,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], intermediate: bool
     from ray import tune
 
     from sellarec.pipeline import run_pipeline
-    from sellarec.tuning.resources import cap_gpu_memory, trial_gpu_fraction
+    from sellarec.experiment.resources import cap_gpu_memory, trial_gpu_fraction
 
     # The trial's torch threads are the CPUs --cpus-per-trial gave it (at least 1; more threads than CPUs on shared
     # cores is 3-40x slower, STACK.md §7); run_pipeline sets them from runtime.threads.

@@ -230,7 +230,7 @@ def test_resume_bookkeeping_skips_finished_and_supersedes_stale(store: str) -> N
     from sellarec.ablation.runner import _sync_children
     from sellarec.ablation.spec import parse_spec
     from sellarec.ablation.tracking import start_parent
-    from sellarec.tuning.tracking import client_for, ensure_experiment
+    from sellarec.experiment.tracking import client_for, ensure_experiment
 
     spec = parse_spec({"profile": "tiny", "components": {"a": {"set": {"stage3.lr": 0.5}}}}, "sync")
     jobs = expand_jobs(expand_cells(spec), (0, 1))

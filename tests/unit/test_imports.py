@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PLATFORM = ("sellarec.tuning", "sellarec.ablation")
+PLATFORM = ("sellarec.experiment", "sellarec.tuning", "sellarec.ablation")
 
 
 def _modules() -> dict[str, Path]:
@@ -69,6 +69,13 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_no_import_cycles() -> None:
     assert _cycle(_graph()) is None
+
+
+def test_the_two_planners_never_import_each_other() -> None:
+    graph = _graph()
+    for source, target in (("sellarec.tuning", "sellarec.ablation"), ("sellarec.ablation", "sellarec.tuning")):
+        crossing = {m: sorted(t for t in graph[m] if t.startswith(target)) for m in graph if m.startswith(source)}
+        assert not {m: t for m, t in crossing.items() if t}, crossing
 
 
 def test_ray_optuna_mlflow_only_in_the_platform_layer() -> None:

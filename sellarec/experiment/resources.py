@@ -86,7 +86,7 @@ def check_shared_tracking(uri: str | None) -> None:
     Raises:
         ConfigError: ``uri`` is None (the local sqlite default) or a local store.
     """
-    from sellarec.tuning.tracking import is_local_store
+    from sellarec.experiment.tracking import is_local_store
 
     if uri is None or is_local_store(uri):
         raise ConfigError(f"--address needs --tracking-uri of a server every node can reach (http://host:port), "

@@ -1,0 +1,139 @@
+"""MLflow store helpers shared by sweeps and ablations, used from the driver only.
+
+The driver is the only writer (a Tune callback), so trial processes never touch the store, a sqlite file never sees
+concurrent writers, and every run's status is set by whoever knows it: FINISHED (ran to the end), KILLED (stopped
+early by the scheduler or by Ctrl-C, or left RUNNING by a driver that was stopped), FAILED (raised after its
+retries). A resumed sweep or ablation finds its runs by their tags and reuses them, so nothing is recorded twice.
+MLflow is imported inside the functions and Ray not at all, so the reports load without Ray.
+
+Default store: ``sqlite:///<repo>/mlflow/mlflow.db`` with artifacts in ``<repo>/mlflow/artifacts`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from sellarec.runtime import repo_root
+
+__all__ = ["default_tracking_uri", "is_local_store", "git_commit", "client_for", "ensure_experiment", "search_runs",
+           "latest_run", "log_values", "close_running", "FINISHED", "KILLED", "FAILED", "RUNNING"]
+
+FINISHED, KILLED, FAILED, RUNNING = "FINISHED", "KILLED", "FAILED", "RUNNING"
+_SQLITE = "sqlite:///"
+_MAX_PARAM_CHARS = 6000   # MLflow's limit on a param value
+_BATCH = {"params": 100, "tags": 100, "metrics": 1000}   # MLflow's limits per log_batch call
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    """``sqlite:///<root>/mlflow/mlflow.db`` (MLflow 3 refuses the file store; STACK.md §5); root: the checkout."""
+    return f"{_SQLITE}{(Path(root or repo_root()) / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def is_local_store(uri: str) -> bool:
+    """Whether ``uri`` is a store only this machine can write (sqlite, a file store or a plain path)."""
+    return urlparse(uri).scheme in ("", "sqlite", "file")
+
+
+def _artifact_location(uri: str) -> str | None:
+    """``<db folder>/artifacts`` for a sqlite store (MLflow would use ./mlruns of the cwd); None lets a server pick."""
+    if urlparse(uri).scheme != "sqlite":
+        return None
+    return (Path(uri[len(_SQLITE):]).parent / "artifacts").resolve().as_uri()
+
+
+def git_commit(root: Path | None = None) -> str:
+    """The checkout's commit (``+dirty`` when it has local changes), or 'unknown' outside git.
+
+    ``$SELLAREC_GIT_COMMIT``, when set, wins: a synced copy of the tree on a remote machine may carry a stale
+    ``.git``, and its runs must record the commit the files came from.
+    """
+    if os.environ.get("SELLAREC_GIT_COMMIT"):
+        return os.environ["SELLAREC_GIT_COMMIT"]
+    root = root or repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def client_for(tracking_uri: str) -> Any:
+    """An ``MlflowClient`` on ``tracking_uri``; a sqlite file's folder is created first."""
+    from mlflow import MlflowClient
+
+    if tracking_uri.startswith(_SQLITE):
+        Path(tracking_uri[len(_SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """Id of experiment ``name``, created (in the driver, before any trial: no creation race) when missing.
+
+    Without ``artifact_location``, a sqlite store keeps artifacts in ``artifacts/`` beside its database file
+    (MLflow's default is ``./mlruns`` under whatever the current folder is).
+    """
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location or _artifact_location(
+        client.tracking_uri))
+
+
+def _tag_filter(tags: Mapping[str, str]) -> str:
+    return " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+
+
+def search_runs(client: Any, experiment_id: str, tags: Mapping[str, str]) -> list[Any]:
+    """Every run of the experiment that carries all of ``tags`` (any status), page by page."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=_tag_filter(tags), max_results=1000,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def latest_run(client: Any, experiment_id: str, tags: Mapping[str, str]) -> Any | None:
+    """The latest run (by start time, then run id) that carries all of ``tags``, or None (resume dedupe)."""
+    return max(search_runs(client, experiment_id, tags), key=lambda r: (r.info.start_time or 0, r.info.run_id),
+               default=None)
+
+
+def _text(value: Any) -> str:
+    # lists as "a,b": the form a search space stores a choice in, so a param reads as the space wrote it
+    text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    return text[:_MAX_PARAM_CHARS]
+
+
+def log_values(client: Any, run_id: str, *, params: Mapping[str, Any] | None = None,
+               metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None, step: int = 0,
+               timestamp_ms: int = 0) -> None:
+    """Log params (lists as ``a,b``), metrics (at ``step``; NaN is kept: an AUC with one class present is NaN, not
+    missing) and tags, in batches of MLflow's size limits."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    items = {"params": [Param(k, _text(v)) for k, v in sorted((params or {}).items())],
+             "tags": [RunTag(k, str(v)) for k, v in sorted((tags or {}).items())],
+             "metrics": [Metric(k, float(v), timestamp_ms, step) for k, v in sorted((metrics or {}).items())]}
+    for kind, values in items.items():
+        for start in range(0, len(values), _BATCH[kind]):
+            client.log_batch(run_id, **{kind: values[start:start + _BATCH[kind]]})
+
+
+def close_running(client: Any, runs: Iterable[Any], status: str) -> int:
+    """End every run of ``runs`` still RUNNING with ``status`` (never leave a run RUNNING); returns how many."""
+    open_runs = [r for r in runs if r.info.status == RUNNING]
+    for run in open_runs:
+        client.set_terminated(run.info.run_id, status)
+    return len(open_runs)
