@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -184,6 +184,54 @@ def _cmd_config_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from sellarec.tuning import search
+    from sellarec.tuning.plan import options_from_args
+
+    return search(options_from_args(args))
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from sellarec.ablation.commands import ablate_options, run_command
+
+    return run_command(ablate_options(args), [*args.program, *args.argv])
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sellarec.ablation.commands import report_command, report_options
+
+    return report_command(report_options(args), args.program)
+
+
+def _experiment_commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
+                                              Callable[[argparse.Namespace], int]]]:
+    """The experiment commands: name -> (help, option declarations, handler). The scripts under ``tune/`` and
+    ``ablations/`` run the same entries (:func:`script_main`), so each option is declared once."""
+    from sellarec.ablation.commands import add_ablate_arguments, add_report_arguments
+    from sellarec.tuning.plan import add_search_arguments
+
+    return {
+        "search": ("hyperparameter search over a search space (Ray Tune + Optuna, MLflow)", add_search_arguments,
+                   _cmd_search),
+        "ablate": ("run an ablation spec: cells x seeds through the stage cache, MLflow (resumes)",
+                   add_ablate_arguments, _cmd_ablate),
+        "report": ("render an ablation from MLflow into docs/ablations/<spec>.md and .png", add_report_arguments,
+                   _cmd_report),
+    }
+
+
+def script_main(command: str, prog: str, description: str, argv: Sequence[str] | None = None) -> int:
+    """Run experiment command ``command`` as the script ``prog`` (``tune/search.py``, ``ablations/run.py``,
+    ``ablations/report.py``): the same options and handler as ``python -m sellarec COMMAND``."""
+    _, add_arguments, handler = _experiment_commands()[command]
+    parser = ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.program, args.argv = ["python", prog], argv
+    return exit_code(lambda: handler(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sellarec`` argument parser."""
     parser = ArgumentParser(prog="sellarec", description="SeLLa-Rec training, search and ablation platform")
@@ -237,12 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(show, default_profile="quick")
     show.set_defaults(func=_cmd_config_show)
     config.add_parser("list", help="list profiles and presets").set_defaults(func=_cmd_config_list)
+
+    for name, (help_text, add_arguments, handler) in _experiment_commands().items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sub)
+        sub.set_defaults(func=handler, program=["python", "-m", "sellarec", name])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[argv.index(args.command) + 1:]   # an experiment's own options, recorded with its runs
     return exit_code(lambda: args.func(args))
 
 

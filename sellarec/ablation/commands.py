@@ -1,5 +1,6 @@
-"""The commands behind ``ablations/run.py`` and ``ablations/report.py``: smoke-test defaults, the one library call,
-the summary lines and the exit code (bad input: one line on stderr, exit code 2)."""
+"""The commands behind ``python -m sellarec ablate`` / ``ablations/run.py`` and ``python -m sellarec report`` /
+``ablations/report.py``: their options (declared once here), smoke-test defaults, the one library call, the summary
+lines and the exit code (bad input: one line on stderr, exit code 2)."""
 
 from __future__ import annotations
 
@@ -7,45 +8,141 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from sellarec.arguments import exit_code
+from sellarec.errors import ConfigError
+from sellarec.experiment.resources import Resources, add_experiment_arguments
 from sellarec.experiment.tracking import default_tracking_uri
 from sellarec.runtime import repo_root
 
-__all__ = ["SMOKE_DIR", "run_command", "report_command"]
+__all__ = ["SMOKE_DIR", "AblateOptions", "ReportOptions", "add_ablate_arguments", "add_report_arguments",
+           "ablate_options", "report_options", "run_command", "report_command"]
 
-SMOKE_DIR = repo_root() / "runs" / "ablation-smoke"   # run.py --smoke-test writes here, report.py --smoke-test reads
+SMOKE_DIR = repo_root() / "runs" / "ablation-smoke"   # --smoke-test runs write here, and its report reads here
 _SPECS_DIR = repo_root() / "ablations" / "specs"
 _SMOKE_URI = f"sqlite:///{SMOKE_DIR / 'mlflow.db'}"
+_SPEC_HELP = "spec name in ablations/specs (components, projector, methods) or a YAML path"
 
 
-def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """``ablations/run.py``: run the spec, print what ran; 0 all done, 1 a job failed or did not finish, 2 bad input.
+@dataclass(frozen=True)
+class AblateOptions:
+    """Everything an ablation run accepts (None = the spec's, or the platform's default).
+
+    Attributes:
+        spec: spec name (``ablations/specs/<name>.yaml``) or a YAML path; None only with ``smoke_test``.
+        profile: size profile of every row.
+        seeds: seeds 0..K-1.
+        overrides: dotted overrides for every row (``--set``).
+        storage: Ray Tune storage (default ``<repo>/runs/ablations``).
+        tracking_uri: MLflow store (default ``sqlite:///<repo>/mlflow/mlflow.db``).
+        address: a Ray cluster to join.
+        cpus_per_trial, gpus_per_trial, max_concurrent: what each trial asks of Ray (:class:`Resources`).
+        cache_dir: the shared stage cache.
+        smoke_test: tiny profile, 2 cells x 2 seeds, a private store under ``runs/ablation-smoke``.
+    """
+
+    spec: str | None = None
+    profile: str | None = None
+    seeds: int | None = None
+    overrides: tuple[str, ...] = ()
+    storage: str | None = None
+    tracking_uri: str | None = None
+    address: str | None = Resources.address
+    cpus_per_trial: float = Resources.cpus_per_trial
+    gpus_per_trial: float | None = Resources.gpus_per_trial
+    max_concurrent: int | None = Resources.max_concurrent
+    cache_dir: str | None = None
+    smoke_test: bool = False
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Everything an ablation report accepts.
+
+    Attributes:
+        spec: spec name or YAML path; None only with ``smoke_test`` (then ``components``).
+        profile: the runs' profile (default: the spec's).
+        tracking_uri: MLflow store to read.
+        out: the Markdown file (default ``docs/ablations/<spec>.md``; the PNG goes beside it).
+        smoke_test: read the smoke-test store.
+    """
+
+    spec: str | None = None
+    profile: str | None = None
+    tracking_uri: str | None = None
+    out: str | None = None
+    smoke_test: bool = False
+
+
+def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of an ablation run (defaults: :class:`AblateOptions`)."""
+    parser.add_argument("--spec", help=_SPEC_HELP)
+    parser.add_argument("--profile", help="size profile of every row (default: the spec's)")
+    parser.add_argument("--seeds", type=int, help="number of seeds 0..K-1 (default: the spec's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override for every row, repeatable")
+    add_experiment_arguments(parser, storage_default="runs/ablations")
+    parser.add_argument("--cache-dir", help="shared stage cache (default: $SELLAREC_CACHE or ~/.cache/sellarec)")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny profile, 2 cells x 2 seeds, private store")
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of an ablation report (defaults: :class:`ReportOptions`)."""
+    parser.add_argument("--spec", help=_SPEC_HELP)
+    parser.add_argument("--profile", help="profile of the runs (default: the spec's)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: sqlite:///<repo>/mlflow/mlflow.db)")
+    parser.add_argument("--out", help="Markdown file (default docs/ablations/<spec>.md; the PNG goes beside it)")
+    parser.add_argument("--smoke-test", action="store_true", help="read the smoke-test store (ablate --smoke-test)")
+
+
+def _typed(cls: type, args: argparse.Namespace):
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    if "overrides" in values:
+        values["overrides"] = tuple(values["overrides"] or ())
+    return cls(**values)
+
+
+def ablate_options(args: argparse.Namespace) -> AblateOptions:
+    """:class:`AblateOptions` from parsed arguments (same names)."""
+    return _typed(AblateOptions, args)
+
+
+def report_options(args: argparse.Namespace) -> ReportOptions:
+    """:class:`ReportOptions` from parsed arguments (same names)."""
+    return _typed(ReportOptions, args)
+
+
+def run_command(options: AblateOptions, command: Sequence[str]) -> int:
+    """Run the spec and print what ran; 0 all done, 1 a job failed or did not finish, 2 bad input.
 
     Args:
-        args: the script's parsed arguments.
-        argv: its command-line arguments, recorded on the parent run for the report's footer.
+        options: what to run.
+        command: the command line as typed (``python ablations/run.py --spec ...``), recorded on the parent run
+            for the report's footer.
     """
     from sellarec.ablation.runner import run_ablation
     from sellarec.ablation.spec import load_spec
-    from sellarec.experiment.resources import Resources, check_shared_storage, check_shared_tracking
+    from sellarec.experiment.resources import check_shared_storage, check_shared_tracking
 
-    if args.smoke_test:
-        args.spec, args.profile, args.seeds = args.spec or "components", args.profile or "tiny", args.seeds or 2
-        args.storage = args.storage or str(SMOKE_DIR / "ray")
-        args.tracking_uri = args.tracking_uri or _SMOKE_URI
+    o = options
+    if o.smoke_test:
+        o = replace(o, spec=o.spec or "components", profile=o.profile or "tiny", seeds=o.seeds or 2,
+                    storage=o.storage or str(SMOKE_DIR / "ray"), tracking_uri=o.tracking_uri or _SMOKE_URI)
 
     def run() -> int:
-        if args.address is not None:   # as for sweeps: every node must reach the trial storage and the store
-            check_shared_storage(args.storage)
-            check_shared_tracking(args.tracking_uri)
+        if not o.spec:
+            raise ConfigError("--spec is required (or --smoke-test); specs: ablations/specs/*.yaml")
+        if o.address is not None:   # as for sweeps: every node must reach the trial storage and the store
+            check_shared_storage(o.storage)
+            check_shared_tracking(o.tracking_uri)
         summary = run_ablation(
-            load_spec(args.spec, _SPECS_DIR), profile=args.profile, seeds=args.seeds, overrides=args.overrides,
-            storage=args.storage or repo_root() / "runs" / "ablations",
-            tracking_uri=args.tracking_uri or default_tracking_uri(), cache_dir=args.cache_dir,
-            resources=Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent, args.address),
-            max_cells=2 if args.smoke_test else None, command=shlex.join(["python", "ablations/run.py", *argv]))
+            load_spec(o.spec, _SPECS_DIR), profile=o.profile, seeds=o.seeds, overrides=list(o.overrides),
+            storage=o.storage or repo_root() / "runs" / "ablations",
+            tracking_uri=o.tracking_uri or default_tracking_uri(), cache_dir=o.cache_dir,
+            resources=Resources(o.cpus_per_trial, o.gpus_per_trial, o.max_concurrent, o.address),
+            max_cells=2 if o.smoke_test else None, command=shlex.join(command))
         print(f"{summary.jobs} jobs: {summary.skipped} already finished, {summary.ran} ran, "
               f"{len(summary.failures)} failed (parent run {summary.parent_run_id})")
         for job, error in summary.failures:
@@ -55,25 +152,33 @@ def run_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return exit_code(run)
 
 
-def report_command(args: argparse.Namespace) -> int:
-    """``ablations/report.py``: render the spec's runs from MLflow into Markdown and a PNG; 0 done, 2 bad input."""
+def report_command(options: ReportOptions, program: Sequence[str]) -> int:
+    """Render the spec's runs from MLflow into Markdown and a PNG; 0 done, 2 bad input.
+
+    Args:
+        options: what to render.
+        program: the words that start the report command (``python ablations/report.py``), shown in the footer
+            with the options that select the runs.
+    """
     from sellarec.ablation.report import write_report
     from sellarec.ablation.spec import load_spec
 
-    shown = ["python", "ablations/report.py", "--spec", args.spec or "components"]
-    shown += [a for flag, v in (("--profile", args.profile), ("--tracking-uri", args.tracking_uri)) if v
-              for a in (flag, v)]
-    if args.smoke_test:
-        args.spec, args.profile = args.spec or "components", args.profile or "tiny"
-        args.tracking_uri = args.tracking_uri or _SMOKE_URI
-        args.out = args.out or str(SMOKE_DIR / f"{args.spec}.md")
+    o = options
+    shown = [*program, "--spec", o.spec or "components"]
+    shown += [a for flag, v in (("--profile", o.profile), ("--tracking-uri", o.tracking_uri)) if v for a in (flag, v)]
+    if o.smoke_test:
+        spec = o.spec or "components"
+        o = replace(o, spec=spec, profile=o.profile or "tiny", tracking_uri=o.tracking_uri or _SMOKE_URI,
+                    out=o.out or str(SMOKE_DIR / f"{spec}.md"))
 
     def report() -> int:
-        spec = load_spec(args.spec, _SPECS_DIR)
-        md, png = write_report(args.tracking_uri or default_tracking_uri(), spec.name, args.profile or spec.profile,
-                               Path(args.out or repo_root() / "docs" / "ablations" / f"{spec.name}.md"),
+        if not o.spec:
+            raise ConfigError("--spec is required (or --smoke-test); specs: ablations/specs/*.yaml")
+        spec = load_spec(o.spec, _SPECS_DIR)
+        md, png = write_report(o.tracking_uri or default_tracking_uri(), spec.name, o.profile or spec.profile,
+                               Path(o.out or repo_root() / "docs" / "ablations" / f"{spec.name}.md"),
                                repo_root() / "ablations" / "published.yaml",
-                               shlex.join(shown + ["--smoke-test"] * args.smoke_test))
+                               shlex.join(shown + ["--smoke-test"] * o.smoke_test))
         print(f"wrote {md} and {png}")
         return 0
 

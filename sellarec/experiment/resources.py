@@ -8,6 +8,7 @@ only, so this module loads without it.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from sellarec.errors import ConfigError, ResourceError
 
 __all__ = ["DEFAULT_GPU_FRACTION", "Resources", "check_request", "default_gpus", "check_local_gpu",
            "check_shared_storage", "check_shared_tracking", "start_ray", "cluster_gpus", "trial_gpu_fraction",
-           "cap_gpu_memory"]
+           "cap_gpu_memory", "add_experiment_arguments"]
 
 DEFAULT_GPU_FRACTION = 0.25   # four trials share a card by default (ours)
 
@@ -141,7 +142,7 @@ def cluster_gpus(planned: float | None, cpus: float) -> float:
 
 @dataclass(frozen=True)
 class Resources:
-    """What each trial asks of Ray, and where Ray runs (the options and defaults of ``tune/search.py``).
+    """What each trial asks of Ray, and where Ray runs (the defaults of :func:`add_experiment_arguments`).
 
     Attributes:
         cpus_per_trial: CPUs per trial (also its torch threads, at least 1).
@@ -188,3 +189,21 @@ def cap_gpu_memory(fraction: float) -> None:
     if fraction > 0 and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(min(1.0, fraction), 0)   # Ray maps the assigned GPU to cuda:0
         torch.cuda.reset_peak_memory_stats(0)
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser, *, storage_default: str) -> None:
+    """The options every Ray experiment takes, declared once for searches and ablations (defaults: :class:`Resources`
+    and the tracking store's)."""
+    defaults = Resources()
+    parser.add_argument("--storage", default=None, help=f"Ray Tune storage path or URI (default {storage_default})")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default sqlite:///<repo>/mlflow/mlflow.db)")
+    parser.add_argument("--address", default=defaults.address,
+                        help="join this Ray cluster (needs a shared --storage and a tracking server)")
+    parser.add_argument("--cpus-per-trial", type=float, default=defaults.cpus_per_trial,
+                        help=f"CPUs per trial, also its torch threads (default {defaults.cpus_per_trial:g})")
+    parser.add_argument("--gpus-per-trial", type=float, default=defaults.gpus_per_trial,
+                        help="GPU fraction (default 0.25 with a GPU, else 0)")
+    parser.add_argument("--max-concurrent", type=int, default=defaults.max_concurrent,
+                        help="cap on trials running at once")
+

@@ -1,22 +1,24 @@
 """Hyperparameter search: Ray Tune trials of the whole pipeline, sampled by Optuna, tracked in MLflow.
 
 Ray, Optuna and MLflow are imported only inside this package (and lazily), so the pipeline and the command line
-work without them. Entry point: ``tune/search.py`` (:func:`search`); library use:
-:func:`sellarec.tuning.sweep.run_sweep`. ``resources`` (what a trial asks of Ray, starting Ray) and ``tracking``
-(MLflow store helpers) load without Ray and serve :mod:`sellarec.ablation` too.
+work without them. Entry points: ``python -m sellarec search`` and ``tune/search.py`` (:func:`search`); library use:
+:func:`sellarec.tuning.sweep.run_sweep`. It builds on :mod:`sellarec.experiment` (resources, MLflow store helpers)
+and never imports :mod:`sellarec.ablation`.
 """
 
 from __future__ import annotations
 
-import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sellarec.tuning.plan import SweepOptions
 
 __all__ = ["search"]
 
 
-def search(args: argparse.Namespace) -> int:
-    """Run the sweep described by ``tune/search.py``'s arguments; returns the exit code (0, 2 bad input, 130
-    interrupted). Ray and friends are imported here, so ``--help`` and option errors stay instant."""
-    from sellarec.tuning.plan import options_from_args
+def search(options: SweepOptions) -> int:
+    """Run (or resume) the sweep ``options`` describe; returns the exit code (0, 2 bad input, 130 interrupted).
+    Ray and friends are imported here, so ``--help`` and option errors stay instant."""
     from sellarec.tuning.sweep import main
 
-    return main(options_from_args(args))
+    return main(options)

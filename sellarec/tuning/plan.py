@@ -17,7 +17,8 @@ from typing import Any
 
 from sellarec.config import SellaConfig, apply_overrides, load_config, to_dict
 from sellarec.errors import ConfigError
-from sellarec.experiment.resources import check_request, check_shared_storage, check_shared_tracking, default_gpus
+from sellarec.experiment.resources import (add_experiment_arguments, check_request, check_shared_storage,
+                                           check_shared_tracking, default_gpus)
 from sellarec.experiment.tracking import default_tracking_uri
 from sellarec.metrics import metric_key
 from sellarec.runtime import repo_root
@@ -25,7 +26,7 @@ from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, SearchSpace
 from sellarec.tuning.space_file import load_space
 
 __all__ = ["SweepOptions", "SweepPlan", "SCHEDULERS", "SMOKE_SAMPLES", "SWEEP_FILE", "check_options", "new_plan",
-           "resume_plan", "options_from_args", "study_url", "resume_command"]
+           "resume_plan", "options_from_args", "add_search_arguments", "study_url", "resume_command"]
 
 SMOKE_SAMPLES = 4
 SWEEP_FILE = "sweep.json"   # the sweep's plan, written once into its folder; --resume reads it back
@@ -266,6 +267,33 @@ def resume_command(plan: SweepPlan, address: str | None) -> str:
     """The command that finishes (or re-reports) the sweep."""
     cmd = f"python tune/search.py --resume --name {plan.name} --storage {plan.storage}"
     return cmd + (f" --address {address}" if address else "")
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m sellarec search`` and ``tune/search.py``, declared once (defaults:
+    :class:`SweepOptions`)."""
+    d = SweepOptions()
+    parser.add_argument("--space", default=d.space, help="projector, tokens, lora, training, mf, full, or a YAML path")
+    parser.add_argument("--profile", default=d.profile, help="size profile (default quick; tiny with --smoke-test)")
+    parser.add_argument("--preset", default=d.preset, help="method preset (sella, collm-style, ...)")
+    parser.add_argument("--config", dest="config_file", default=d.config_file, metavar="FILE",
+                        help="YAML file of config sections")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, repeatable")
+    parser.add_argument("--num-samples", type=int, default=d.num_samples, help="trials (default: the space's)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="default: the space's")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
+                        help="asha stops weak trials at stage-3 evals (default: the space's, else asha)")
+    parser.add_argument("--metric", default=d.metric, help="valid/auc or valid/uauc (default: the space's)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="sampler seed (default: the space's)")
+    add_experiment_arguments(parser, storage_default="runs/sweeps")
+    parser.add_argument("--max-failures", type=int, default=d.max_failures,
+                        help=f"retries of a trial that raised (default {d.max_failures})")
+    parser.add_argument("--name", default=d.name, help="sweep name (default <space>-<date>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="finish the interrupted sweep --name")
+    parser.add_argument("--report-dir", default=d.report_dir, help="folder of <name>.md and .png (default docs/sweeps)")
+    parser.add_argument("--top-k", type=int, default=d.top_k, help=f"rows of the top-k table (default {d.top_k})")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny profile, at most 4 trials")
 
 
 def options_from_args(args: argparse.Namespace) -> SweepOptions:

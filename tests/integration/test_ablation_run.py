@@ -79,7 +79,7 @@ def test_report_renders_the_smoke_store(smoke: dict) -> None:
 @pytest.mark.parametrize("args, message", [
     (["--spec", "{bad}"], "ConfigError: ablation spec 'bad': unknown key 'mdoe' (did you mean 'mode'?)"),
     (["--spec", "componets"], "ConfigError: unknown ablation spec 'componets' (did you mean 'components'?"),
-    (["--seeds", "x"], "run.py: error: argument --seeds: invalid int value: 'x'"),
+    (["--seeds", "x"], "ablations/run.py: error: argument --seeds: invalid int value: 'x'"),
     (["--spec", "components", "--profile", "tiny", "--gpus-per-trial", "1"],
      "ResourceError: --gpus-per-trial=1 but this machine has no CUDA GPU"),
     (["--spec", "components", "--address", "127.0.0.1:6379"],
