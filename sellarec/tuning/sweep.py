@@ -22,6 +22,7 @@ import yaml
 from ray.tune.search.optuna import OptunaSearch
 
 from sellarec.arguments import exit_code
+from sellarec.atomic_files import write_json_atomic
 from sellarec.config import from_dict
 from sellarec.experiment.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
 from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, git_commit
@@ -160,7 +161,8 @@ def _report_lines(plan: SweepPlan, counts: dict[str, int], seconds: float) -> tu
               f"`{plan.preset or 'none'}`, overrides `{' '.join(plan.overrides) or 'none'}`",
               f"sampler {plan.sampler} (seed {plan.seed}), scheduler {plan.scheduler}, metric {plan.metric} "
               f"({plan.mode}), {plan.cpus_per_trial:g} CPU and {max(0.0, plan.gpus_per_trial):g} GPU per trial",
-              f"{sum(counts.values())} trials: {done}; wall time of the last run {seconds / 60:.1f} min",
+              f"{sum(counts.values())} trials: {done}; wall time {seconds / 60:.1f} min (every invocation, "
+              "resumes and re-reports added)",
               f"git commit `{plan.git_commit}`, started {plan.created}"
               + (f" on {plan.machine} (driver)" if plan.machine else "")]
     footer = [f"MLflow: parent run `{plan.parent_run_id}` in experiment `search-{plan.space_name}` of "
@@ -178,6 +180,17 @@ def _incumbent_id(plan: SweepPlan, space: SearchSpace, rows: list) -> str | None
     point = space.point(from_dict(plan.base))
     return next((r.trial_id for r in rows if {k: choice_key(v) for k, v in r.params.items() if k in point} == point),
                 None)
+
+
+WALL_FILE = "wall.json"   # in the sweep's folder: wall seconds summed over every invocation (run, resumes, re-reports)
+
+
+def _add_wall_time(plan: SweepPlan, seconds: float) -> float:
+    """Add this invocation's wall time to the sweep's total and return the total (a re-report does not reset it)."""
+    path = Path(plan.folder) / WALL_FILE
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    write_json_atomic(path, {"seconds": total})
+    return total
 
 
 def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTracker, seconds: float) -> SweepOutcome:
@@ -200,7 +213,7 @@ def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTra
         print(f"\n{what}: trial {best.trial_id}, {plan.metric} = {best.metrics[plan.metric]:.4f}; train it with:\n"
               f"{command}")
     importances = param_importances(study_url(plan), plan.name)
-    header, footer = _report_lines(plan, counts, seconds)
+    header, footer = _report_lines(plan, counts, _add_wall_time(plan, seconds))
     md = Path(plan.report_dir) / f"{plan.name}.md"
     incumbent = _incumbent_id(plan, space, rows)
     png = write_report(md, rows, space.keys, plan.metric, plan.mode, importances, header, command, footer,
@@ -271,6 +284,7 @@ def run_sweep(options: SweepOptions) -> SweepOutcome:
 
 
 def _interrupted(plan: SweepPlan, tracker: SweepTracker, resume: str, seconds: float, what: str) -> SweepOutcome:
+    _add_wall_time(plan, seconds)
     tracker.end_sweep(plan.parent_run_id, KILLED)
     print(f"\nsweep {plan.name} interrupted{what}; resume with:\n  {resume}", file=sys.stderr)
     return SweepOutcome(plan.name, Path(plan.folder), interrupted=True, resume_command=resume,
@@ -326,7 +340,8 @@ def _run(plan: SweepPlan, space: SearchSpace, tracker: SweepTracker, options: Sw
     resume = resume_command(plan, options.address)
     start = time.perf_counter()
     try:
-        _shared_stages_first(plan, space, options.address)
+        if not options.resume:   # a resume's trials find their shared stages in the cache, or compute them once
+            _shared_stages_first(plan, space, options.address)   # there, under its lock: never ahead of need
         path = f"{plan.storage}/{plan.name}"
         if options.resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=_trainable(plan), resume_unfinished=True,

@@ -357,6 +357,7 @@ def test_ctrl_c_then_resume_loses_and_repeats_nothing(tmp_path: Path, shared_cac
 
     proc2 = _script(*resume.split()[2:], timeout=300)
     assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert "computing the shared" not in proc2.stdout          # a resume never recomputes ahead of its trials
     parent, children = _runs(uri, "res")
     assert parent.info.status == "FINISHED"
     ids = [c.data.tags["trial_id"] for c in children]
@@ -367,6 +368,10 @@ def test_ctrl_c_then_resume_loses_and_repeats_nothing(tmp_path: Path, shared_cac
             assert (c.info.run_id, c.info.end_time) == done_before[c.data.tags["trial_id"]]
     summary = json.loads((tmp_path / "s" / "res" / "summary.json").read_text())
     assert sorted(r["trial_id"] for r in summary["rows"]) == sorted(ids)
+    # the report's wall time covers both invocations: more than the resume alone took
+    wall = json.loads((tmp_path / "s" / "res" / "wall.json").read_text())["seconds"]
+    assert wall > summary["seconds"] > 0
+    assert f"wall time {wall / 60:.1f} min" in (tmp_path / "reports" / "res.md").read_text()
     assert sorted(t.state.name for t in _study(tmp_path / "s" / "res", "res").trials) == ["COMPLETE"] * 4
 
 
