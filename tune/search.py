@@ -7,8 +7,9 @@
     python tune/search.py --address HEAD:6379 --storage /nfs/sweeps --tracking-uri http://HEAD:5000   # a cluster
 
 The same command as `python -m sellarec search` (options: sellarec/tuning/plan.py). Spaces: tune/spaces/*.yaml.
-Results: the terminal table, docs/sweeps/<name>.md (+ .png), MLflow (mlflow/ui.sh) and the Optuna study
-runs/sweeps/<name>/optuna.db (optuna-dashboard sqlite:///...). Bad input: one line, exit code 2.
+Results: the terminal table, runs/sweeps/<name>/<name>.md (+ .png; --report-dir docs/sweeps publishes it),
+MLflow (mlflow/ui.sh) and the Optuna study runs/sweeps/<name>/optuna.db (optuna-dashboard sqlite:///...).
+Bad input: one line, exit code 2.
 """
 
 import sys

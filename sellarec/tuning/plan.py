@@ -59,8 +59,8 @@ class SweepOptions:
         address: join this Ray cluster instead of starting one.
         resume: finish the interrupted sweep ``name`` found in ``storage``; everything else comes from its
             ``sweep.json`` (only ``address`` may change).
-        report_dir: folder of ``<name>.md`` and ``<name>.png`` (default ``<repo>/docs/sweeps``; the sweep's folder
-            for smoke tests).
+        report_dir: folder of ``<name>.md`` and ``<name>.png`` (default: the sweep's folder under ``storage``;
+            ``docs/sweeps`` publishes a report).
         top_k: rows of the top-k table.
         smoke_test: tiny profile and at most 4 trials (a quick end-to-end check).
     """
@@ -240,8 +240,8 @@ def new_plan(o: SweepOptions) -> tuple[SweepPlan, SearchSpace]:
     if folder.exists():
         raise ConfigError(f"sweep '{name}' already exists in {folder.parent}; pass --resume to finish it or choose "
                           "another --name")
-    report_dir = (folder if o.smoke_test else repo_root() / "docs" / "sweeps") if o.report_dir is None \
-        else Path(o.report_dir).expanduser().resolve()
+    # a user's sweep reports beside its trials; docs/sweeps/ holds only reports published with --report-dir
+    report_dir = folder if o.report_dir is None else Path(o.report_dir).expanduser().resolve()
     n_startup = space.sampler.n_startup_trials
     return SweepPlan(
         name=name, storage=storage, folder=str(folder), space_path=str(space.path), space_name=space.name,
@@ -291,7 +291,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"retries of a trial that raised (default {d.max_failures})")
     parser.add_argument("--name", default=d.name, help="sweep name (default <space>-<date>-<time>)")
     parser.add_argument("--resume", action="store_true", help="finish the interrupted sweep --name")
-    parser.add_argument("--report-dir", default=d.report_dir, help="folder of <name>.md and .png (default docs/sweeps)")
+    parser.add_argument("--report-dir", default=d.report_dir, help="folder of <name>.md and .png (default: the sweep's folder, runs/sweeps/<name>)")
     parser.add_argument("--top-k", type=int, default=d.top_k, help=f"rows of the top-k table (default {d.top_k})")
     parser.add_argument("--smoke-test", action="store_true", help="tiny profile, at most 4 trials")
 

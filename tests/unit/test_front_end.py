@@ -60,3 +60,16 @@ def test_ablate_and_report_without_a_spec_are_one_line_exit_2(tmp_path: Path) ->
         assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
         assert "--spec is required (or --smoke-test)" in done.stderr
     assert not (tmp_path / "m.db").exists()
+
+
+def test_a_sweep_reports_beside_its_trials_unless_told(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sellarec.tuning.plan import new_plan
+
+    options = SweepOptions(space="projector", profile="tiny", overrides=(f"runtime.cache_dir={tmp_path / 'c'}",),
+                           name="x", storage=str(tmp_path / "s"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    plan, _ = new_plan(options)
+    assert Path(plan.report_dir) == Path(plan.folder) == (tmp_path / "s" / "x").resolve()   # never docs/ by default
+    published, _ = new_plan(replace(options, report_dir=str(tmp_path / "pub")))
+    assert Path(published.report_dir) == (tmp_path / "pub").resolve()
