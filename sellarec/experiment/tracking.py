@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from sellarec.runtime import repo_root
 
 __all__ = ["default_tracking_uri", "is_local_store", "git_commit", "client_for", "ensure_experiment", "search_runs",
-           "latest_run", "log_values", "close_running", "FINISHED", "KILLED", "FAILED", "RUNNING"]
+           "latest_run", "log_values", "close_running", "choice_key", "FINISHED", "KILLED", "FAILED", "RUNNING"]
 
 FINISHED, KILLED, FAILED, RUNNING = "FINISHED", "KILLED", "FAILED", "RUNNING"
 _SQLITE = "sqlite:///"
@@ -110,10 +110,15 @@ def latest_run(client: Any, experiment_id: str, tags: Mapping[str, str]) -> Any 
                default=None)
 
 
+def choice_key(value: Any) -> Any:
+    """The storable form of a value (an Optuna choice, an MLflow param): lists become ``"a,b"``; scalars stay."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return value
+
+
 def _text(value: Any) -> str:
-    # lists as "a,b": the form a search space stores a choice in, so a param reads as the space wrote it
-    text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
-    return text[:_MAX_PARAM_CHARS]
+    return str(choice_key(value))[:_MAX_PARAM_CHARS]
 
 
 def log_values(client: Any, run_id: str, *, params: Mapping[str, Any] | None = None,

@@ -16,8 +16,7 @@ import yaml
 from ray import tune
 
 from sellarec.config import apply_overrides, from_dict, to_dict
-from sellarec.experiment.tracking import FAILED, FINISHED, KILLED
-from sellarec.tuning.space import choice_key
+from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, choice_key
 from sellarec.tuning.tracking import SweepTracker
 from sellarec.tuning.trainable import COMPLETE_KEY, STEP_KEY
 

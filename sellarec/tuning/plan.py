@@ -17,8 +17,8 @@ from typing import Any
 
 from sellarec.config import SellaConfig, apply_overrides, load_config, to_dict
 from sellarec.errors import ConfigError
-from sellarec.experiment.resources import (add_experiment_arguments, check_request, check_shared_storage,
-                                           check_shared_tracking, default_gpus)
+from sellarec.experiment.resources import (Resources, add_experiment_arguments, check_request,
+                                           check_shared_storage, check_shared_tracking, default_gpus)
 from sellarec.experiment.tracking import default_tracking_uri
 from sellarec.metrics import metric_key
 from sellarec.runtime import repo_root
@@ -75,14 +75,14 @@ class SweepOptions:
     scheduler: str | None = None
     metric: str | None = None
     seed: int | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
-    max_concurrent: int | None = None
+    cpus_per_trial: float = Resources.cpus_per_trial
+    gpus_per_trial: float | None = Resources.gpus_per_trial
+    max_concurrent: int | None = Resources.max_concurrent
     max_failures: int = 1
     name: str | None = None
     storage: str | None = None
     tracking_uri: str | None = None
-    address: str | None = None
+    address: str | None = Resources.address
     resume: bool = False
     report_dir: str | None = None
     top_k: int = 5
@@ -291,7 +291,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"retries of a trial that raised (default {d.max_failures})")
     parser.add_argument("--name", default=d.name, help="sweep name (default <space>-<date>-<time>)")
     parser.add_argument("--resume", action="store_true", help="finish the interrupted sweep --name")
-    parser.add_argument("--report-dir", default=d.report_dir, help="folder of <name>.md and .png (default: the sweep's folder, runs/sweeps/<name>)")
+    parser.add_argument("--report-dir", default=d.report_dir,
+                        help="folder of <name>.md and .png (default: the sweep's folder, runs/sweeps/<name>)")
     parser.add_argument("--top-k", type=int, default=d.top_k, help=f"rows of the top-k table (default {d.top_k})")
     parser.add_argument("--smoke-test", action="store_true", help="tiny profile, at most 4 trials")
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sellarec.experiment.tracking import choice_key
 from sellarec.metrics import metric_key
-from sellarec.tuning.space import choice_key
 
 __all__ = ["TrialRow", "rows_from_results", "rank_rows", "format_table", "train_command", "param_importances",
            "write_report", "winner", "verdict", "resolution", "IMPORTANCE_METHODS", "MIN_IMPORTANCE_TRIALS"]

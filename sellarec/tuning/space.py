@@ -27,19 +27,13 @@ from typing import Any
 
 from sellarec.config import SellaConfig, apply_overrides, to_flat_dict
 from sellarec.errors import ConfigError
+from sellarec.experiment.tracking import choice_key
 
-__all__ = ["METRICS", "SAMPLERS", "SCHEDULERS", "ParamSpec", "SamplerSpec", "SearchSpace", "choice_key"]
+__all__ = ["METRICS", "SAMPLERS", "SCHEDULERS", "ParamSpec", "SamplerSpec", "SearchSpace"]
 
 METRICS = ("valid/auc", "valid/uauc")   # final validation metrics of stage 3 (model selection; never test)
 SAMPLERS = ("tpe", "gp", "random")
 SCHEDULERS = ("asha", "fifo")
-
-
-def choice_key(value: Any) -> Any:
-    """The Optuna-storable form of a choice: lists become ``"a,b"``; scalars stay as they are."""
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return value
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 
 from sellarec.errors import ConfigError
+from sellarec.experiment.tracking import choice_key
 from sellarec.runtime import repo_root
-from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, ParamSpec, SamplerSpec, SearchSpace, choice_key
+from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, ParamSpec, SamplerSpec, SearchSpace
 
 __all__ = ["load_space", "parse_space", "space_dir", "list_spaces"]
 

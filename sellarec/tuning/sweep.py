@@ -25,12 +25,12 @@ from sellarec.arguments import exit_code
 from sellarec.atomic_files import write_json_atomic
 from sellarec.config import from_dict
 from sellarec.experiment.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
-from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, git_commit
+from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, choice_key, git_commit
 from sellarec.runtime import describe_machine, repo_relative
 from sellarec.tuning.callbacks import ProgressPrinter, TrialLogger
 from sellarec.tuning.plan import (SWEEP_FILE, SweepOptions, SweepPlan, check_options, new_plan, resume_command, resume_plan,
                                   study_url)
-from sellarec.tuning.space import SearchSpace, choice_key
+from sellarec.tuning.space import SearchSpace
 from sellarec.tuning.space_file import load_space
 from sellarec.tuning.tracking import SweepTracker
 
