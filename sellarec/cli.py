@@ -105,46 +105,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from sellarec.pipeline import run_pipeline
+    from sellarec.run_table import stages_table
 
     cfg = _config_from_args(args, {"final_stage": args.until})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     print(f"training on {cfg.data.dataset} with {cfg.backbone.name} (profile {args.profile}, preset {args.preset}) "
           f"until {cfg.final_stage} into {args.out}", flush=True)
     result = run_pipeline(cfg, Path(args.out), evaluate_test=not args.valid_only)
-    _print_table(result.metrics)
+    print("\n" + stages_table(result.metrics), end="")
     print("stage cache: " + ", ".join(f"{k} {v}" for k, v in result.cache.items()))
     print(f"metrics: {result.out_dir / 'metrics.json'}")
     return 0
-
-
-def _auc_cell(split: dict | None) -> str:
-    """``0.7666 [0.742, 0.790] n=1500/905u``: AUC, its 95 % user-bootstrap CI where computed, rows and users."""
-    if not split or split.get("auc") is None:
-        return "n/a"
-    cell = f"{split['auc']:.4f}"
-    if split.get("auc_ci_low") is not None:
-        cell += f" [{split['auc_ci_low']:.3f}, {split['auc_ci_high']:.3f}]"
-    if split.get("rows") is not None:
-        cell += f" n={int(split['rows'])}"
-        cell += f"/{int(split['users'])}u" if split.get("users") is not None else ""
-    return cell
-
-
-def _print_table(metrics: dict) -> None:
-    rows = [("stage1 (LLM, TALLRec-style)", metrics.get("stage1")), ("stage2 (MF)", metrics.get("stage2")),
-            ("stage3 (SeLLa-Rec)", metrics.get("stage3"))]
-    print(f"\n{'model':<28} {'valid AUC [95% CI] rows/users':<37} {'test AUC [95% CI] rows/users':<37} "
-          f"{'test UAUC':>9} {'warm AUC (rows)':<22} {'cold AUC (rows)':<22}")
-    for name, m in rows:
-        if not m:
-            continue
-        warm, cold = m.get("test_warm", {}), m.get("test_cold", {})
-        slices = [f"{s.get('auc', float('nan')):.4f} n={int(s.get('rows', 0))}" for s in (warm, cold)]
-        print(f"{name:<28} {_auc_cell(m.get('valid')):<37} {_auc_cell(m.get('test')):<37} "
-              f"{m.get('test', {}).get('uauc', float('nan')):>9.4f} {slices[0]:<22} {slices[1]:<22}")
-    align = (metrics.get("stage2") or {}).get("align")
-    if align:
-        print(f"stage2 alignment: mean cosine(Proj(MF item), semantic) {align['before']:.4f} -> {align['after']:.4f}")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -1,6 +1,9 @@
 """Ranking metrics of the CTR task (METHOD.md §6): AUC, UAUC, GAUC, user-level bootstrap CIs, warm/cold slices.
 
-The ROC-AUC kernel is scikit-learn's. Metric keys are ``"{split}/{name}"`` built by :func:`metric_key`.
+The ROC-AUC kernel is scikit-learn's. This module also declares the one metric vocabulary that trials, MLflow,
+reports, ``compare`` and ``train`` share: ``{split}/{name}`` for what was measured on a split (:func:`metric_key`,
+:data:`SPLITS` x :data:`SPLIT_METRICS`), ``train/...`` for training progress, ``cost/...`` for what it cost and
+``cache/<stage>`` for where a stage came from.
 """
 
 from __future__ import annotations
@@ -12,16 +15,56 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-__all__ = ["auc", "uauc", "gauc", "UAUC", "bootstrap_ci", "evaluate_slices", "metric_key", "MIN_SLICE_ROWS"]
+__all__ = ["auc", "uauc", "gauc", "UAUC", "bootstrap_ci", "evaluate_slices", "metric_key", "MIN_SLICE_ROWS",
+           "SPLITS", "SPLIT_METRICS", "TRAIN_LOSS", "TRAIN_STEP", "COST_TRAINABLE_PARAMS", "COST_COMPUTE_SECONDS",
+           "COST_TRIAL_SECONDS", "COST_PEAK_GPU_MIB", "stage_seconds_key", "cache_key", "current_names"]
 
 # Reports leave out the AUCs of a slice scored on fewer rows than this: near AUC 0.75 with half the rows positive,
 # Hanley and McNeil's standard error on 30 rows is ~0.09, an interval of about ±0.18, wider than any effect here.
 MIN_SLICE_ROWS = 30
 
 
+SPLITS = ("valid", "valid_warm", "valid_cold", "test", "test_warm", "test_cold")
+SPLIT_METRICS = ("auc", "uauc", "uauc_users", "rows", "users", "auc_ci_low", "auc_ci_high", "uauc_ci_low",
+                 "uauc_ci_high")
+TRAIN_LOSS = "train/loss"                        # mean training loss since the previous evaluation
+TRAIN_STEP = "train/step"                        # the final stage's optimizer step (ASHA's time attribute)
+COST_TRAINABLE_PARAMS = "cost/trainable_params"  # parameters the final stage trains
+COST_COMPUTE_SECONDS = "cost/compute_seconds"    # the stages' training seconds, also when cached: the config's cost
+COST_TRIAL_SECONDS = "cost/trial_seconds"        # wall time of the trial in this invocation (cache hits are fast)
+COST_PEAK_GPU_MIB = "cost/peak_gpu_mib"
+
+
 def metric_key(split: str, name: str) -> str:
     """The one spelling of a metric name, shared by Tune, MLflow and reports: ``valid/auc``, ``test_cold/uauc``."""
     return f"{split}/{name}"
+
+
+def stage_seconds_key(stage: str) -> str:
+    """``cost/stage3_seconds``: a stage's own seconds (its training, or its test scoring: ``stage3_test``)."""
+    return f"cost/{stage}_seconds"
+
+
+def cache_key(stage: str) -> str:
+    """``cache/stage1``: 1 when the stage came from the stage cache, 0 when it was computed."""
+    return f"cache/{stage}"
+
+
+# Names that runs logged before the vocabulary was declared once (sweep and ablation child runs of stores written
+# before then); readers pass every logged dict through :func:`current_names`, so old stores keep rendering.
+_LEGACY_NAMES = {"trainable_params": COST_TRAINABLE_PARAMS, "compute_seconds": COST_COMPUTE_SECONDS,
+                 "trial_seconds": COST_TRIAL_SECONDS, "peak_gpu_mib": COST_PEAK_GPU_MIB,
+                 "seconds": stage_seconds_key("stage3"), "stage3/step": TRAIN_STEP}
+
+
+def current_names(metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` with legacy names (``compute_seconds``, ``stage_seconds/stage1``, ...) in today's spelling."""
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith("stage_seconds/"):
+            key = stage_seconds_key(key.split("/", 1)[1])
+        out[_LEGACY_NAMES.get(key, key)] = value
+    return out
 
 
 def auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,10 +29,13 @@ from sellarec.config import SellaConfig, to_dict
 from sellarec.data.batches import sample_rows
 from sellarec.data.dataset import Dataset, load_dataset
 from sellarec.data.prompts import tiny_corpus
+from sellarec.metrics import (COST_COMPUTE_SECONDS, COST_TRAINABLE_PARAMS, SPLIT_METRICS, SPLITS, TRAIN_STEP, cache_key,
+                              metric_key, stage_seconds_key)
 from sellarec.runtime import cache_root, configure_threads, seed_everything
+from sellarec.stages.loop import OnEval
 
-__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "stage_keys", "stage3_steps",
-           "load_run_backbone"]
+__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "split_metrics", "flat_metrics", "stage_keys",
+           "stage3_steps", "load_run_backbone"]
 
 log = logging.getLogger(__name__)
 STAGES = ("stage1", "stage2", "stage3")
@@ -39,7 +43,6 @@ STAGES = ("stage1", "stage2", "stage3")
 # version 2/3; their test metrics are entries of their own (``stage1_test``, ``stage3_test``) under the same key.
 CODE_VERSION = {"stage1": 2, "stage2": 2, "stage3": 3}
 TEST_STEPS = {"stage1": "stage1_test", "stage3": "stage3_test"}  # stage -> its on-demand test evaluation
-OnEval = Callable[[dict[str, float], int], None]
 
 
 @dataclass
@@ -55,6 +58,40 @@ class PipelineResult:
     metrics: dict[str, Any]
     out_dir: Path
     cache: dict[str, str] = field(default_factory=dict)
+
+
+def split_metrics(stage: dict[str, Any]) -> dict[str, float]:
+    """``{split}/{name}`` numbers of one stage's entry of ``metrics.json`` (:data:`~sellarec.metrics.SPLITS` x
+    :data:`~sellarec.metrics.SPLIT_METRICS`, where measured)."""
+    return {metric_key(split, name): float(stage[split][name]) for split in SPLITS for name in SPLIT_METRICS
+            if isinstance(stage.get(split), dict) and stage[split].get(name) is not None}
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a run in the one metric vocabulary (:mod:`sellarec.metrics`), from ``metrics.json``'s layout.
+
+    Returns:
+        The final stage's ``{split}/{name}`` (:data:`~sellarec.metrics.SPLITS` x
+        :data:`~sellarec.metrics.SPLIT_METRICS`, where measured), ``train/step`` (its optimizer steps, where it has
+        any), ``cost/trainable_params``, ``cost/<stage>_seconds`` for every stage that ran and every test scoring
+        (``cost/stage3_test_seconds``), ``cost/compute_seconds`` (the stages' training seconds summed, test scoring
+        left out: what training the configuration costs, also when it came from the cache) and ``cache/<step>``
+        (1 hit, 0 computed).
+    """
+    final = metrics[metrics["final"]]
+    flat = split_metrics(final)
+    if "steps" in final:
+        flat[TRAIN_STEP] = float(final["steps"])
+    if "trainable_params" in final:
+        flat[COST_TRAINABLE_PARAMS] = float(final["trainable_params"])
+    trained = {stage: float(metrics[stage].get("seconds", 0.0)) for stage in STAGES
+               if isinstance(metrics.get(stage), dict)}
+    tested = {TEST_STEPS[stage]: float(metrics[stage]["test_seconds"]) for stage in trained
+              if stage in TEST_STEPS and "test_seconds" in metrics[stage]}
+    flat.update({stage_seconds_key(step): value for step, value in {**trained, **tested}.items()})
+    flat[COST_COMPUTE_SECONDS] = math.fsum(trained.values())
+    flat.update({cache_key(step): 1.0 if state == "hit" else 0.0 for step, state in metrics.get("cache", {}).items()})
+    return flat
 
 
 def nest_metrics(flat: dict[str, float]) -> dict[str, dict[str, float]]:

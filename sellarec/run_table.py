@@ -1,4 +1,5 @@
-"""Side-by-side tables of finished runs (``python -m sellarec compare RUN_DIR ...``), from their metrics.json."""
+"""Tables of finished runs from their metrics.json, in the metric vocabulary of :mod:`sellarec.metrics`: side by
+side (``python -m sellarec compare RUN_DIR ...``) and per stage (what ``sellarec train`` prints)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 import yaml
 
 from sellarec.errors import DataError
-from sellarec.metrics import MIN_SLICE_ROWS
+from sellarec.metrics import COST_TRAINABLE_PARAMS, MIN_SLICE_ROWS, metric_key, stage_seconds_key
 
-__all__ = ["load_run", "runs_markdown", "model_label"]
+__all__ = ["load_run", "runs_markdown", "stages_table", "model_label"]
 
 STAGE_NAMES = {"stage1": "LLM (stage 1, TALLRec-style)", "stage2": "MF (stage 2)",
                "stage3": "LLM + ID tokens (stage 3)"}
@@ -41,41 +42,68 @@ def load_run(folder: Path) -> dict[str, Any]:
     return {"name": Path(folder).name, "metrics": metrics, "final": final, "label": model_label(final, config or {})}
 
 
-def _cell(split: dict[str, Any], name: str, ci: bool) -> str:
-    rows = split.get("rows")
-    if isinstance(rows, (int, float)) and rows < MIN_SLICE_ROWS:
+def _cell(flat: dict[str, float], split: str, name: str, ci: bool) -> str:
+    rows = flat.get(metric_key(split, "rows"))
+    if rows is not None and rows < MIN_SLICE_ROWS:
         return f"n/a ({int(rows)} rows)"   # an AUC of a handful of rows is noise (MIN_SLICE_ROWS)
-    value = split.get(name)
+    value = flat.get(metric_key(split, name))
     if value is None or value != value:  # NaN
         return "n/a"
-    low, high = split.get(f"{name}_ci_low"), split.get(f"{name}_ci_high")
+    low, high = flat.get(metric_key(split, f"{name}_ci_low")), flat.get(metric_key(split, f"{name}_ci_high"))
     if ci and low is not None and high is not None:
         return f"{value:.4f} [{low:.3f}, {high:.3f}]"
     return f"{value:.4f}"
 
 
-def _rows(split: dict[str, Any]) -> str:
+def _rows(flat: dict[str, float], split: str) -> str:
     """``1500 (631)``: rows and distinct users (UAUC's eligible users in runs that predate the user count)."""
-    users = split.get("users", split.get("uauc_users"))
-    return f"{int(split.get('rows', 0))} ({int(users) if users is not None else 'n/a'})"
+    users = flat.get(metric_key(split, "users"), flat.get(metric_key(split, "uauc_users")))
+    return f"{int(flat.get(metric_key(split, 'rows'), 0))} ({int(users) if users is not None else 'n/a'})"
 
 
 def runs_markdown(folders: list[Path]) -> str:
     """A markdown table of each run's final-stage metrics (AUCs with their 95% user-bootstrap CI, rows, users)."""
+    from sellarec.pipeline import flat_metrics
+
     runs = [load_run(f) for f in folders]
     header = ("| run | model | valid AUC [95% CI] | valid UAUC | test AUC [95% CI] | test UAUC [95% CI] | warm AUC "
               "| warm UAUC | cold AUC | cold UAUC | valid rows (users) | test rows (users) | warm / cold rows "
               "| trainable params | seconds |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for run in runs:
-        m = run["metrics"][run["final"]]
-        params = m.get("trainable_params")
+        m = flat_metrics(run["metrics"])
+        params = m.get(COST_TRAINABLE_PARAMS)
+        seconds = m.get(stage_seconds_key(run["final"]), float("nan"))
         lines.append(
-            f"| {run['name']} | {run['label']} | {_cell(m['valid'], 'auc', True)} | "
-            f"{_cell(m['valid'], 'uauc', False)} | {_cell(m['test'], 'auc', True)} | {_cell(m['test'], 'uauc', True)} | "
-            f"{_cell(m['test_warm'], 'auc', False)} | {_cell(m['test_warm'], 'uauc', False)} | "
-            f"{_cell(m['test_cold'], 'auc', False)} | {_cell(m['test_cold'], 'uauc', False)} | "
-            f"{_rows(m['valid'])} | {_rows(m['test'])} | "
-            f"{int(m['test_warm'].get('rows', 0))} / {int(m['test_cold'].get('rows', 0))} | "
-            f"{f'{params:,}' if params is not None else 'n/a'} | {m.get('seconds', float('nan')):.0f} |")
+            f"| {run['name']} | {run['label']} | {_cell(m, 'valid', 'auc', True)} | "
+            f"{_cell(m, 'valid', 'uauc', False)} | {_cell(m, 'test', 'auc', True)} | "
+            f"{_cell(m, 'test', 'uauc', True)} | {_cell(m, 'test_warm', 'auc', False)} | "
+            f"{_cell(m, 'test_warm', 'uauc', False)} | {_cell(m, 'test_cold', 'auc', False)} | "
+            f"{_cell(m, 'test_cold', 'uauc', False)} | {_rows(m, 'valid')} | {_rows(m, 'test')} | "
+            f"{int(m.get('test_warm/rows', 0))} / {int(m.get('test_cold/rows', 0))} | "
+            f"{f'{int(params):,}' if params is not None else 'n/a'} | {seconds:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def stages_table(metrics: dict[str, Any]) -> str:
+    """The terminal table ``sellarec train`` prints: one row per stage that ran (AUC with its 95% CI, rows and
+    users; slices under :data:`~sellarec.metrics.MIN_SLICE_ROWS` rows as n/a), then stage 2's alignment."""
+    from sellarec.pipeline import split_metrics
+
+    lines = [f"{'model':<28} {'valid AUC [95% CI] rows/users':<37} {'test AUC [95% CI] rows/users':<37} "
+             f"{'test UAUC':>9} {'warm AUC (rows)':<22} {'cold AUC (rows)':<22}"]
+    for stage, name in STAGE_NAMES.items():
+        if not metrics.get(stage):
+            continue
+        m = split_metrics(metrics[stage])
+        cells = [_cell(m, split, "auc", True) + (f" n={_rows(m, split)}" if metric_key(split, "rows") in m else "")
+                 for split in ("valid", "test")]
+        slices = [f"{_cell(m, split, 'auc', False)} n={int(m.get(metric_key(split, 'rows'), 0))}"
+                  for split in ("test_warm", "test_cold")]
+        lines.append(f"{name:<28} {cells[0]:<37} {cells[1]:<37} {_cell(m, 'test', 'uauc', False):>9} "
+                     f"{slices[0]:<22} {slices[1]:<22}")
+    align = (metrics.get("stage2") or {}).get("align")
+    if align:
+        lines.append(f"stage2 alignment: mean cosine(Proj(MF item), semantic) {align['before']:.4f} -> "
+                     f"{align['after']:.4f}")
     return "\n".join(lines) + "\n"

@@ -13,8 +13,8 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from sellarec.ablation.spec import FULL, AblationSpec, Cell, Change, Job, config_key
-from sellarec.config import SellaConfig, apply_overrides, load_config, to_flat_dict
+from sellarec.ablation.spec import FULL, AblationSpec, Cell, Change, Job
+from sellarec.config import SellaConfig, apply_overrides, config_key, load_config, to_flat_dict
 from sellarec.errors import ConfigError
 
 __all__ = ["expand_cells", "expand_jobs", "combine_changes"]

@@ -13,9 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from sellarec.ablation.tracking import EXPERIMENT, child_runs, find_parent
+from sellarec.ablation.tracking import EXPERIMENT, parent_tags
 from sellarec.errors import DataError
-from sellarec.experiment.tracking import client_for
+from sellarec.experiment.tracking import PARENT_ROLE, client_for, latest_run, search_runs
+from sellarec.metrics import current_names
 
 __all__ = ["AblationRuns", "FOOTER_PARAMS", "FOOTER_TAGS", "load_ablation_runs"]
 
@@ -33,7 +34,8 @@ class AblationRuns:
         profile: the size profile.
         parent: the parent run's tags (``command``, ``description``, ``git_commit``, ...).
         runs: one row per selected run, sorted by cell index, cell and seed: ``cell, seed, kind, index,
-            description, run_id``, every metric (by its MLflow key), :data:`FOOTER_PARAMS` and :data:`FOOTER_TAGS`.
+            description, run_id``, every metric (by its name in :mod:`sellarec.metrics`, legacy names renamed),
+            :data:`FOOTER_PARAMS` and :data:`FOOTER_TAGS`.
     """
 
     ablation: str
@@ -52,7 +54,7 @@ def _record(run: Any) -> dict[str, Any]:
     }
     record.update({key: params.get(key, "") for key in FOOTER_PARAMS})
     record.update({key: tags.get(key, "") for key in FOOTER_TAGS})
-    record.update({key: float(value) for key, value in run.data.metrics.items()})
+    record.update({key: float(value) for key, value in current_names(dict(run.data.metrics)).items()})
     return record
 
 
@@ -71,12 +73,13 @@ def load_ablation_runs(tracking_uri: str, ablation: str, profile: str, experimen
     """
     client = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    parent = find_parent(client, found.experiment_id, ablation, profile) if found is not None else None
+    parent = (latest_run(client, found.experiment_id, {"role": PARENT_ROLE, **parent_tags(ablation, profile)})
+              if found is not None else None)
     hint = f"run `python ablations/run.py --spec {ablation} --profile {profile}` first"
     if parent is None:
         raise DataError(f"no ablation '{ablation}' on profile '{profile}' in {tracking_uri}; {hint}")
     latest: dict[tuple[str, str], Any] = {}
-    for run in child_runs(client, found.experiment_id, parent.info.run_id):
+    for run in search_runs(client, found.experiment_id, {"mlflow.parentRunId": parent.info.run_id}):
         tags = run.data.tags
         if run.info.status != "FINISHED" or tags.get("superseded") == "true" or "cell" not in tags:
             continue

@@ -22,13 +22,13 @@ from sellarec.ablation.tracking import EXPERIMENT
 from sellarec.atomic_files import write_text_atomic
 from sellarec.config import read_yaml
 from sellarec.errors import ConfigError
-from sellarec.metrics import MIN_SLICE_ROWS
+from sellarec.metrics import COST_COMPUTE_SECONDS, COST_TRAINABLE_PARAMS, MIN_SLICE_ROWS, metric_key
 from sellarec.runtime import repo_relative
 
 __all__ = ["METRICS", "load_published", "render_markdown", "render_plot", "write_report"]
 
-METRICS = (("test/auc", "test AUC"), ("test/uauc", "test UAUC"), ("test_warm/auc", "warm AUC"),
-           ("test_warm/uauc", "warm UAUC"), ("test_cold/auc", "cold AUC"), ("test_cold/uauc", "cold UAUC"))
+METRICS = tuple((metric_key(split, name), f"{label} {name.upper()}") for split, label in
+                (("test", "test"), ("test_warm", "warm"), ("test_cold", "cold")) for name in ("auc", "uauc"))
 ALPHA = 0.05
 POWER = 0.8
 TARGET_DIFFERENCE = 0.01  # the AUC difference researchers ask about: how many seeds would detect it
@@ -209,7 +209,7 @@ def render_markdown(study: AblationRuns, published: dict[str, Any], png_name: st
         seeds_text = ",".join(str(s) for s in sorted(frame["seed"]))
         result_rows.append([f"`{cell}`", seeds_text]
                            + [small.get(m) or _interval(by[cell].loc[m], len(frame)) for m in metrics]
-                           + [_cost(frame, "trainable_params", 0), _cost(frame, "compute_seconds", 1)])
+                           + [_cost(frame, COST_TRAINABLE_PARAMS, 0), _cost(frame, COST_COMPUTE_SECONDS, 1)])
         if cell != FULL:
             diff_rows.append([f"`{cell}`"] + [small.get(m) or _difference(by[cell].loc[m]) for m in metrics])
         about_rows.append([f"`{cell}`", _text(first.loc[cell, "kind"]), _text(first.loc[cell, "description"])])

@@ -13,20 +13,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sellarec.ablation.expansion import expand_cells, expand_jobs
 from sellarec.ablation.spec import AblationSpec, Job
-from sellarec.ablation.tracking import EXPERIMENT, child_runs, label_rule, start_parent
+from sellarec.ablation.tracking import EXPERIMENT, label_rule, open_parent
 from sellarec.config import RuntimeConfig, apply_overrides, to_dict
 from sellarec.errors import ConfigError
 from sellarec.experiment.resources import Resources, start_ray
-from sellarec.experiment.tracking import (FAILED, FINISHED, KILLED, client_for, close_running, ensure_experiment,
-                                          git_commit)
+from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker, close_running, git_commit
+from sellarec.experiment.trial import TrialConfigs, TrialJob, job_id
 from sellarec.runtime import cache_root, describe_machine
-
-if TYPE_CHECKING:
-    from sellarec.ablation.trial import JobPayload
 
 __all__ = ["RunSummary", "run_ablation", "plan_jobs"]
 
@@ -65,12 +61,10 @@ def plan_jobs(spec: AblationSpec, *, profile: str | None = None, seeds: int | No
     return expand_jobs(cells, tuple(range(seeds)) if seeds is not None else spec.seeds)
 
 
-def _runtime(job: Job, resources: Resources, gpus: float | None, cache_dir: Path) -> dict:
-    """The job's configuration with this execution's runtime settings (not part of the run key)."""
-    cfg = apply_overrides(job.config, {"runtime.cache_dir": str(cache_dir), "runtime.progress": False,
-                                       "runtime.threads": max(1, int(resources.cpus_per_trial)),
-                                       "runtime.device": "cpu" if gpus == 0 else "auto"})
-    return to_dict(cfg)
+def _job_config(job: Job, cache_dir: Path) -> dict:
+    """The job's configuration on this execution's stage cache (not part of the run key); the trial's threads, device
+    and progress follow its resources (:meth:`~sellarec.experiment.trial.TrialConfigs.resolve`)."""
+    return to_dict(apply_overrides(job.config, {"runtime.cache_dir": str(cache_dir)}))
 
 
 def _fingerprints(jobs: list[Job]) -> dict[str, str]:
@@ -87,16 +81,17 @@ def _fingerprints(jobs: list[Job]) -> dict[str, str]:
 
 def _job_tags(spec: AblationSpec, profile: str, job: Job, commit: str, fingerprints: dict[str, str]) -> dict:
     return {"ablation": spec.name, "profile": profile, "cell": job.cell.name, "seed": str(job.seed),
-            "run_key": job.run_key, "cell_kind": job.cell.kind, "cell_index": str(job.cell.index),
+            "cell_kind": job.cell.kind, "cell_index": str(job.cell.index),
             "description": job.cell.description, "data_fingerprint": fingerprints[repr(to_dict(job.config.data))],
             "label_rule": label_rule(job.config), "git_commit": commit}
 
 
-def _sync_children(client, experiment_id: str, parent_id: str, jobs: list[Job]) -> list[Job]:
+def _sync_children(tracker: RunTracker, parent_id: str, jobs: list[Job]) -> list[Job]:
     """Tag children that the current spec no longer asks for ``superseded``; return the jobs still to run."""
     wanted = {(j.cell.name, str(j.seed)): j.run_key for j in jobs}
     done = set()
-    runs = child_runs(client, experiment_id, parent_id)
+    client = tracker.client
+    runs = tracker.children(parent_id)
     close_running(client, runs, KILLED)   # left by a driver that was stopped; their jobs run again now
     for run in runs:
         tags = run.data.tags
@@ -144,50 +139,47 @@ def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, 
     storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
     cache = cache_root(RuntimeConfig(cache_dir=str(cache_dir) if cache_dir else None))
     commit = git_commit()
-    client = client_for(tracking_uri)
-    experiment_id = ensure_experiment(client, experiment, artifact_location)
-    parent_id = start_parent(client, experiment_id, spec.name, profile,
-                             {"command": command, "git_commit": commit, "machine": describe_machine(),
-                              "mode": spec.mode, "jobs": str(len(jobs)),
-                              "description": spec.description})
-    pending = _sync_children(client, experiment_id, parent_id, jobs)
+    tracker = RunTracker(tracking_uri, experiment, artifact_location)
+    parent_id = open_parent(tracker, spec.name, profile,
+                            {"command": command, "git_commit": commit, "machine": describe_machine(),
+                             "mode": spec.mode, "jobs": str(len(jobs)), "description": spec.description})
+    pending = _sync_children(tracker, parent_id, jobs)
     summary = RunSummary(jobs=len(jobs), skipped=len(jobs) - len(pending), parent_run_id=parent_id)
     log.info("ablation %s (%s): %d jobs, %d already finished", spec.name, profile, len(jobs), summary.skipped)
     try:
         if pending:
-            from sellarec.ablation.trial import JobPayload, job_id   # imports Ray
-
-            payloads = {job_id(i, j.cell.name, j.seed): JobPayload(_runtime(j, resources, gpus, cache),
-                                                                   _job_tags(spec, profile, j, commit, fingerprints))
-                        for i, j in enumerate(pending)}
-            _fit(f"{spec.name}-{profile}", payloads, resources, gpus, storage, tracking_uri, experiment_id,
+            jobs_by_id = {job_id(i, j.cell.name, j.seed): TrialJob(_job_config(j, cache),
+                                                                  _job_tags(spec, profile, j, commit, fingerprints),
+                                                                  tuple(sorted(j.cell.overrides)))
+                          for i, j in enumerate(pending)}
+            _fit(f"{spec.name}-{profile}", TrialConfigs(jobs=jobs_by_id), resources, gpus, storage, tracker,
                  parent_id, summary)
     finally:
-        client.set_terminated(parent_id, FAILED if summary.failures or summary.ran + summary.skipped < len(jobs)
-                              else FINISHED)
+        tracker.end(parent_id, FAILED if summary.failures or summary.ran + summary.skipped < len(jobs) else FINISHED)
     return summary
 
 
-def _fit(name: str, payloads: dict[str, JobPayload], resources: Resources, planned_gpus: float | None, storage: str,
-         tracking_uri: str, experiment_id: str, parent_id: str, summary: RunSummary) -> None:
-    """One Tune grid over the pending jobs; the driver-side callback writes MLflow and fills ``summary``."""
+def _fit(name: str, configs: TrialConfigs, resources: Resources, planned_gpus: float | None, storage: str,
+         tracker: RunTracker, parent_id: str, summary: RunSummary) -> None:
+    """One Tune grid over the pending jobs; the driver-side callbacks write MLflow, print progress and fill
+    ``summary``."""
     import ray
     from ray import tune
 
-    from sellarec.ablation.trial import MlflowRunsCallback, run_job, trial_dirname
+    from sellarec.experiment.callbacks import TrialRuns
+    from sellarec.experiment.launch import run_config, trainable
+    from sellarec.experiment.trial import trial_dirname
 
     started = start_ray(resources.address, logging_level=logging.WARNING)
     try:
         gpus = resources.cluster_gpus(planned_gpus)
-        callback = MlflowRunsCallback(tracking_uri, experiment_id, parent_id, payloads)
-        trainable = tune.with_parameters(run_job, configs={k: p.config for k, p in payloads.items()})
-        trainable = tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": gpus})
+        callback = TrialRuns(tracker, parent_id, configs)
         tuner = tune.Tuner(
-            trainable, param_space={"job": tune.grid_search(list(payloads))},
+            trainable(configs, resources.cpus_per_trial, gpus),
+            param_space={"job": tune.grid_search(list(configs.jobs))},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=resources.max_concurrent,
                                         trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback],
-                                      failure_config=tune.FailureConfig(max_failures=0), verbose=0))
+            run_config=run_config(name, storage, callback, max_failures=0))
         tuner.fit()
         summary.ran, summary.failures = callback.finished, callback.failures
     finally:

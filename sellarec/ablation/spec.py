@@ -19,18 +19,16 @@ every cell's configuration before anything runs, so a bad spec is one ``ConfigEr
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from sellarec.config import SellaConfig, list_presets, read_yaml, to_flat_dict
+from sellarec.config import SellaConfig, list_presets, read_yaml
 from sellarec.errors import ConfigError
 
 __all__ = ["MODES", "MAX_FACTORIAL", "FULL", "Change", "AblationSpec", "Cell", "Job", "load_spec", "parse_spec",
-           "spec_path", "config_key"]
+           "spec_path"]
 
 MODES = ("leave_one_out", "add_one_in", "factorial", "grid")
 MAX_FACTORIAL = 4            # 2^4 = 16 cells per seed is the most a 2-core CPU budget allows (issue #6)
@@ -118,19 +116,13 @@ class Job:
         cell: the cell.
         seed: ``runtime.seed`` of the run.
         config: the cell's configuration with the seed applied.
-        run_key: :func:`config_key` of ``config``; finished runs with this key are skipped on resume.
+        run_key: :func:`~sellarec.config.config_key` of ``config``; finished runs with this key are skipped on resume.
     """
 
     cell: Cell
     seed: int
     config: SellaConfig
     run_key: str
-
-
-def config_key(cfg: SellaConfig) -> str:
-    """Identity of a run: SHA-256 of every setting except ``runtime`` (the seed excepted), 16 hex characters."""
-    flat = {k: v for k, v in to_flat_dict(cfg).items() if not k.startswith("runtime.") or k == "runtime.seed"}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def spec_path(spec: str | Path, specs_dir: Path) -> Path:

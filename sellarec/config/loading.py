@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import types
 import typing
 from importlib import resources
@@ -21,7 +23,7 @@ import yaml
 from sellarec.config.schema import FieldError, SellaConfig
 from sellarec.errors import ConfigError
 
-__all__ = ["load_config", "apply_overrides", "to_flat_dict", "to_dict", "from_dict", "list_profiles",
+__all__ = ["load_config", "apply_overrides", "to_flat_dict", "config_key", "to_dict", "from_dict", "list_profiles",
            "list_presets", "read_yaml"]
 
 _CONFIG_DIR = "configs"
@@ -40,6 +42,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         return value
 
     return plain(cfg)
+
+
+def config_key(cfg: SellaConfig) -> str:
+    """Identity of a run: SHA-256 of every setting except ``runtime`` (the seed excepted), 16 hex characters."""
+    flat = {k: v for k, v in to_flat_dict(cfg).items() if not k.startswith("runtime.") or k == "runtime.seed"}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def to_flat_dict(cfg: Any) -> dict[str, Any]:

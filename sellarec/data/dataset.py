@@ -29,6 +29,8 @@ PROTOCOL_VERSION = 1  # bump when apply_protocol or a reader changes its output
 ITEM_WORDS = {"ml100k": "movie", "ml1m": "movie", "amazon-book": "book"}
 # Only these fields change the processed data; the rest only change how prompts render it.
 _RENDER_ONLY_FIELDS = {"history_placeholder", "warm_definition", "csv_item_word"}
+# The last dataset this process read from the cache, by (cache folder, data settings); nothing writes to a Dataset.
+_LOADED: dict[tuple[str, str], Dataset] = {}
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,14 @@ def load_dataset(cfg: DataConfig, cache_dir: Path | None) -> Dataset:
     item_word = ITEM_WORDS.get(cfg.dataset, cfg.csv_item_word)
     target = cache_dir / "data" / f"{cfg.dataset}-{fingerprint}" if cache_dir is not None else None
     if target is not None and (target / "meta.json").is_file():
-        frame = pd.read_parquet(target / "interactions.parquet")
-        frame["history"] = frame["history"].map(list)
-        titles = json.loads((target / "titles.json").read_text(encoding="utf-8"))
-        return Dataset(cfg.dataset, item_word, frame, titles, fingerprint, cfg)
+        key = (str(target), repr(cfg))
+        if key not in _LOADED:   # one read per process: a trial's planner, its pipeline and stage 3 share it
+            frame = pd.read_parquet(target / "interactions.parquet")
+            frame["history"] = frame["history"].map(list)
+            titles = json.loads((target / "titles.json").read_text(encoding="utf-8"))
+            _LOADED.clear()
+            _LOADED[key] = Dataset(cfg.dataset, item_word, frame, titles, fingerprint, cfg)
+        return _LOADED[key]
     frame, titles = _build(cfg)
     if target is not None:
         with atomic_dir(target) as scratch:

@@ -1,4 +1,12 @@
-"""MLflow store helpers shared by sweeps and ablations, used from the driver only.
+"""The MLflow side of every experiment (sweeps and ablations), used from the driver only: one run tracker, one schema.
+
+Schema. An experiment (``search-<space>``, ``ablations``) holds one parent run per sweep or ablation (tag
+``role=parent``) and one child run per trial (:data:`CHILD_TAGS`: ``role=trial``, ``trial_id``, ``trial_name``,
+``run_key`` = :func:`~sellarec.config.config_key` of its configuration, ``varied`` = the dotted keys its planner
+varied, and ``mlflow.parentRunId``), plus the planner's own tags (a sweep: ``sweep``, ``space``, ``profile``,
+``preset``; an ablation: ``ablation``, ``profile``, ``cell``, ``seed``, ...). A child's params are its whole flat
+configuration (``to_flat_dict``; lists as ``a,b``), its ``config.yaml`` is an artifact, its metrics are the
+vocabulary of :mod:`sellarec.metrics`.
 
 The driver is the only writer (a Tune callback), so trial processes never touch the store, a sqlite file never sees
 concurrent writers, and every run's status is set by whoever knows it: FINISHED (ran to the end), KILLED (stopped
@@ -19,12 +27,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import yaml
+
+from sellarec.config import SellaConfig, config_key, to_dict, to_flat_dict
 from sellarec.runtime import repo_root
 
 __all__ = ["default_tracking_uri", "is_local_store", "git_commit", "client_for", "ensure_experiment", "search_runs",
-           "latest_run", "log_values", "close_running", "choice_key", "FINISHED", "KILLED", "FAILED", "RUNNING"]
+           "latest_run", "log_values", "close_running", "choice_key", "RunTracker", "CHILD_TAGS", "PARENT_ROLE",
+           "TRIAL_ROLE", "FINISHED", "KILLED", "FAILED", "RUNNING"]
 
 FINISHED, KILLED, FAILED, RUNNING = "FINISHED", "KILLED", "FAILED", "RUNNING"
+PARENT_ROLE, TRIAL_ROLE = "parent", "trial"
+CHILD_TAGS = ("mlflow.parentRunId", "role", "trial_id", "trial_name", "run_key", "varied")
 _SQLITE = "sqlite:///"
 _MAX_PARAM_CHARS = 6000   # MLflow's limit on a param value
 _BATCH = {"params": 100, "tags": 100, "metrics": 1000}   # MLflow's limits per log_batch call
@@ -142,3 +156,96 @@ def close_running(client: Any, runs: Iterable[Any], status: str) -> int:
     for run in open_runs:
         client.set_terminated(run.info.run_id, status)
     return len(open_runs)
+
+
+class RunTracker:
+    """One experiment's parent and child runs (see the module docstring for the schema).
+
+    Args:
+        uri: tracking URI (``sqlite:///...`` or ``http://host:port``).
+        experiment: experiment name.
+        artifact_location: the experiment's artifact folder when this tracker creates it (default: beside a sqlite
+            file, or the server's choice).
+    """
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
+        self.uri, self.experiment, self.artifact_location = uri, experiment, artifact_location
+        self._client: Any = None
+        self._experiment_id: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:   # pickled into Tune's experiment state: no live client
+        return {**self.__dict__, "_client": None, "_experiment_id": None}
+
+    @property
+    def client(self) -> Any:
+        """A lazily created ``MlflowClient``."""
+        if self._client is None:
+            self._client = client_for(self.uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment's id (:func:`ensure_experiment`)."""
+        if self._experiment_id is None:
+            self._experiment_id = ensure_experiment(self.client, self.experiment, self.artifact_location)
+        return self._experiment_id
+
+    def find_parent(self, tags: Mapping[str, str]) -> Any | None:
+        """The latest parent run carrying ``tags``, or None."""
+        return latest_run(self.client, self.experiment_id, {"role": PARENT_ROLE, **tags})
+
+    def start_parent(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any] | None = None,
+                     texts: Mapping[str, str] | None = None) -> str:
+        """Create a parent run; ``texts`` are logged as artifacts (file name -> content). Returns its id."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, "role": PARENT_ROLE})
+        log_values(self.client, run.info.run_id, params=params)
+        for file_name, text in (texts or {}).items():
+            self.client.log_text(run.info.run_id, text, file_name)
+        return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        """Mark a run RUNNING again (a resumed sweep, ablation or trial)."""
+        self.client.update_run(run_id, status=RUNNING)
+
+    def end(self, run_id: str, status: str) -> None:
+        """End a run with FINISHED, KILLED or FAILED."""
+        self.client.set_terminated(run_id, status)
+
+    def children(self, parent_id: str) -> list[Any]:
+        """Every child run of ``parent_id``, any status."""
+        return search_runs(self.client, self.experiment_id, {"mlflow.parentRunId": parent_id})
+
+    def find_child(self, parent_id: str, trial_id: str) -> str | None:
+        """The run already recorded for this trial of this parent, if any (a retry or a resume reuses it)."""
+        run = latest_run(self.client, self.experiment_id, {"mlflow.parentRunId": parent_id, "trial_id": trial_id})
+        return run.info.run_id if run is not None else None
+
+    def start_child(self, parent_id: str, trial_id: str, trial_name: str, run_name: str, cfg: SellaConfig,
+                    tags: Mapping[str, str], varied: tuple[str, ...]) -> str:
+        """Open a RUNNING child run: the schema's tags plus ``tags``, the whole flat config as params and
+        ``config.yaml``; returns its id."""
+        schema = {"mlflow.parentRunId": parent_id, "role": TRIAL_ROLE, "trial_id": trial_id,
+                  "trial_name": trial_name, "run_key": config_key(cfg), "varied": ",".join(varied)}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, **schema})
+        log_values(self.client, run.info.run_id, params=to_flat_dict(cfg))
+        self.client.log_text(run.info.run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """Log numbers at ``step``, stamped now."""
+        log_values(self.client, run_id, metrics=metrics, step=step, timestamp_ms=int(time.time() * 1000))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on a run."""
+        log_values(self.client, run_id, tags=tags)
+
+    def log_artifact(self, run_id: str, path: Path) -> None:
+        """Attach a local file to a run."""
+        self.client.log_artifact(run_id, str(path))
+
+    def end_with_children(self, parent_id: str, status: str) -> int:
+        """End the parent run with ``status`` and its child runs still RUNNING with KILLED (never leave a run
+        RUNNING); returns how many children were closed."""
+        closed = close_running(self.client, self.children(parent_id), KILLED)
+        self.end(parent_id, status)
+        return closed

@@ -17,9 +17,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["LoopResult", "lr_factor", "optimizer_steps", "run_loop"]
+from sellarec.metrics import TRAIN_LOSS, metric_key
+
+__all__ = ["LoopResult", "OnEval", "lr_factor", "optimizer_steps", "run_loop"]
 
 log = logging.getLogger(__name__)
+# Called after every evaluation pass with the stage's name, ``{"valid/auc": ..., "train/loss": ...}`` (the selection
+# split's AUC, the mean training loss since the previous pass), the optimizer step and the stage's total steps.
+OnEval = Callable[[str, dict[str, float], int, int], None]
 
 
 def lr_factor(schedule: str, step: int, warmup_steps: int, total_steps: int) -> float:
@@ -68,7 +73,7 @@ def run_loop(*, name: str, examples: Sequence[Any], batch_size: int, grad_accum:
              betas: tuple[float, float], weight_decay: float, grad_clip: float, schedule: str, warmup_ratio: float,
              eval_every_steps: int, evaluate: Callable[[], tuple[float, np.ndarray]], snapshot: Callable[[], Any],
              train_mode: Callable[[], None], generator: torch.Generator, progress: bool = False,
-             on_eval: Callable[[dict[str, float], int], None] | None = None, select_on: str = "valid") -> LoopResult:
+             on_eval: OnEval | None = None, select_on: str = "valid") -> LoopResult:
     """Train ``params`` with AdamW on shuffled micro-batches of ``examples`` and keep the best state on ``select_on``.
 
     Args:
@@ -78,8 +83,7 @@ def run_loop(*, name: str, examples: Sequence[Any], batch_size: int, grad_accum:
         snapshot: returns a copy of the state to keep when validation improves.
         train_mode: puts the model(s) back in training mode after an evaluation.
         generator: shuffling RNG.
-        on_eval: called with ``{"<name>/<select_on>_auc", "<name>/train_loss"}`` and the step after every
-            evaluation (a sweep's ASHA rungs).
+        on_eval: called after every evaluation (a sweep's ASHA rungs), see :data:`OnEval`.
         select_on: name of the split ``evaluate`` scores (keys and logs only).
         Other arguments are the stage's optimisation settings.
     """
@@ -118,8 +122,8 @@ def run_loop(*, name: str, examples: Sequence[Any], batch_size: int, grad_accum:
             log.info("%s step %d/%d loss %.4f %s AUC %.4f", name, result.steps, total_steps,
                      record["train_loss"], select_on, select_auc)
             if on_eval is not None:
-                on_eval({f"{name}/{select_on}_auc": select_auc, f"{name}/train_loss": record["train_loss"]},
-                        result.steps)
+                on_eval(name, {metric_key(select_on, "auc"): select_auc, TRAIN_LOSS: record["train_loss"]},
+                        result.steps, total_steps)
             # A NaN AUC (one class) never wins; ties keep the earlier, cheaper-to-reach state.
             rank = -math.inf if math.isnan(select_auc) else select_auc
             if result.best_state is None or rank > best_auc:

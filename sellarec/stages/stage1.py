@@ -8,7 +8,6 @@ Inputs: the dataset, the backbone, the shared evaluation rows. Output: the adapt
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,11 +20,10 @@ from sellarec.data.dataset import Dataset
 from sellarec.models.backbone import Backbone
 from sellarec.models.lora import adapter_state, attach_lora, load_adapter_state
 from sellarec.stages.evaluation import evaluate_scores, score_examples
-from sellarec.stages.loop import run_loop
+from sellarec.stages.loop import OnEval, run_loop
 
 __all__ = ["Stage1Output", "run", "evaluate_test"]
 
-OnEval = Callable[[dict[str, float], int], None]
 
 
 @dataclass

@@ -15,7 +15,6 @@ check that the loss value is the official one too.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,11 +34,10 @@ from sellarec.models.injection import IdTokenInjector
 from sellarec.models.lora import adapter_state, attach_lora, load_adapter_state
 from sellarec.models.projector import build_collab_projector, build_semantic_projector, warmup_init
 from sellarec.stages.evaluation import decoder_and_head, evaluate_scores, score_examples
-from sellarec.stages.loop import run_loop
+from sellarec.stages.loop import OnEval, run_loop
 
 __all__ = ["Stage3Output", "build_injector", "fast_loss", "official_loss", "run", "restore", "evaluate_test"]
 
-OnEval = Callable[[dict[str, float], int], None]
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 Ray, Optuna and MLflow are imported only inside this package (and lazily), so the pipeline and the command line
 work without them. Entry points: ``python -m sellarec search`` and ``tune/search.py`` (:func:`search`); library use:
-:func:`sellarec.tuning.sweep.run_sweep`. It builds on :mod:`sellarec.experiment` (resources, MLflow store helpers)
-and never imports :mod:`sellarec.ablation`.
+:func:`sellarec.tuning.sweep.run_sweep`. It plans trials (spaces, Optuna, ASHA) and reports them; the trainable,
+the MLflow runs and Ray come from :mod:`sellarec.experiment`. It never imports :mod:`sellarec.ablation`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 from sellarec.experiment.tracking import choice_key
 from sellarec.metrics import metric_key
 
-__all__ = ["TrialRow", "rows_from_results", "rank_rows", "format_table", "train_command", "param_importances",
+__all__ = ["TrialRow", "rows_from_runs", "rank_rows", "format_table", "train_command", "param_importances",
            "write_report", "winner", "verdict", "resolution", "IMPORTANCE_METHODS", "MIN_IMPORTANCE_TRIALS"]
 
 IMPORTANCE_METHODS = ("PED-ANOVA", "fANOVA")
@@ -41,25 +41,26 @@ class TrialRow:
     index: int = 0
 
 
-def rows_from_results(results: Any, keys: list[str]) -> list[TrialRow]:
-    """One :class:`TrialRow` per trial of a Tune ``ResultGrid`` (in start order), with its searched params only."""
-    from sellarec.tuning.trainable import COMPLETE_KEY
+def rows_from_runs(runs: list[Any], space: Any) -> list[TrialRow]:
+    """One :class:`TrialRow` per trial child run of a sweep (MLflow, the one record of a sweep), in start order.
 
+    A run's searched params are the keys its ``varied`` tag names (a conditional parameter a trial did not draw is
+    not searched there), typed back through the space; its status comes from the run's: FINISHED -> finished,
+    KILLED by the scheduler (tag ``stopped_by``) -> stopped, FAILED -> failed, anything else -> unfinished.
+    """
+    from sellarec.metrics import current_names
+
+    by_key = {p.key: p for p in space.params}
     rows = []
-    for index, result in enumerate(results):
-        metrics = dict(result.metrics or {})
-        trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
-        if result.error is not None:
-            status = "failed"
-        elif COMPLETE_KEY in metrics:
-            status = "finished"
-        elif metrics:
+    for index, run in enumerate(sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))):
+        tags, logged = run.data.tags, run.data.params
+        varied = set(tags["varied"].split(",")) if "varied" in tags else set(logged)
+        params = {k: spec.parse(logged[k]) for k, spec in by_key.items() if k in varied and k in logged}
+        status = {"FINISHED": "finished", "FAILED": "failed"}.get(run.info.status, "unfinished")
+        if run.info.status == "KILLED" and tags.get("stopped_by") == "scheduler":
             status = "stopped"
-        else:
-            status = "unfinished"
-        params = {k: v for k, v in (result.config or {}).items() if k in keys}
-        lines = [line for line in str(result.error or "").strip().splitlines() if line.strip()]
-        rows.append(TrialRow(trial_id, status, params, metrics, lines[-1][:300] if lines else "", index))
+        rows.append(TrialRow(tags.get("trial_id", run.info.run_id), status, params,
+                             current_names(dict(run.data.metrics)), tags.get("error", "")[:300], index))
     return rows
 
 

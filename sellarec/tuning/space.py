@@ -87,6 +87,14 @@ class ParamSpec:
         """Whether the condition holds for the values chosen so far (keyed by dotted path)."""
         return all(choice_key(chosen.get(key)) in {choice_key(v) for v in allowed} for key, allowed in self.when)
 
+    def parse(self, text: str) -> Any:
+        """The value whose stored form (an MLflow param, :func:`choice_key` as text) is ``text``."""
+        known = list(self.choices) + ([self.otherwise] if self.has_otherwise else [])
+        for value in known:
+            if str(choice_key(value)) == text:
+                return value
+        return int(float(text)) if self.kind == "int" else float(text)
+
     def suggest(self, trial: Any) -> Any:
         """Draw this parameter from an Optuna trial; returns the config value (lists for list choices)."""
         if self.kind == "choice":

@@ -25,14 +25,13 @@ from sellarec.arguments import exit_code
 from sellarec.atomic_files import write_json_atomic
 from sellarec.config import from_dict
 from sellarec.experiment.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
-from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, choice_key, git_commit
+from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker, choice_key, git_commit
+from sellarec.experiment.trial import COMPLETE_KEY, TrialConfigs
 from sellarec.runtime import describe_machine, repo_relative
-from sellarec.tuning.callbacks import ProgressPrinter, TrialLogger
 from sellarec.tuning.plan import (SWEEP_FILE, SweepOptions, SweepPlan, check_options, new_plan, resume_command, resume_plan,
                                   study_url)
 from sellarec.tuning.space import SearchSpace
 from sellarec.tuning.space_file import load_space
-from sellarec.tuning.tracking import SweepTracker
 
 # SweepOptions lives in sellarec.tuning.plan; named here too, as run_sweep's argument.
 __all__ = ["SweepOptions", "SweepOutcome", "run_sweep", "main", "PruneAwareOptunaSearch"]
@@ -49,8 +48,6 @@ class PruneAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Record the trial's end in the Optuna study."""
         import optuna
-
-        from sellarec.tuning.trainable import COMPLETE_KEY
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
@@ -109,13 +106,17 @@ def _sampler(plan: SweepPlan) -> Any:
     return optuna.samplers.RandomSampler(seed=plan.seed)
 
 
+def _trial_configs(plan: SweepPlan) -> TrialConfigs:
+    """A sweep's trials: the searched overrides on the base configuration, scored on valid only (a sweep selects on
+    valid; test is left to `sellarec train` of the chosen configuration, which reuses every stage)."""
+    tags = {"sweep": plan.name, "space": plan.space_name, "profile": str(plan.profile), "preset": str(plan.preset)}
+    return TrialConfigs(base=plan.base, tags=tags, evaluate_test=False, intermediate=plan.scheduler == "asha")
+
+
 def _trainable(plan: SweepPlan) -> Any:
-    from ray import tune
+    from sellarec.experiment.launch import trainable
 
-    from sellarec.tuning.trainable import train_trial
-
-    fn = tune.with_parameters(train_trial, base=plan.base, intermediate=plan.scheduler == "asha")
-    return tune.with_resources(fn, {"cpu": plan.cpus_per_trial, "gpu": max(0.0, plan.gpus_per_trial)})
+    return trainable(_trial_configs(plan), plan.cpus_per_trial, plan.gpus_per_trial)
 
 
 def _tuner(plan: SweepPlan, space: SearchSpace, callback: Any) -> Any:
@@ -123,7 +124,9 @@ def _tuner(plan: SweepPlan, space: SearchSpace, callback: Any) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from sellarec.tuning.trainable import STEP_KEY, trial_dirname
+    from sellarec.experiment.launch import run_config
+    from sellarec.experiment.trial import trial_dirname
+    from sellarec.metrics import TRAIN_STEP
 
     study_storage = optuna.storages.RDBStorage(study_url(plan))
     base_cfg = from_dict(plan.base)
@@ -134,7 +137,7 @@ def _tuner(plan: SweepPlan, space: SearchSpace, callback: Any) -> Any:
     searcher = PruneAwareOptunaSearch(space, metric=plan.metric, mode=plan.mode, sampler=_sampler(plan),
                                       study_name=plan.name, storage=study_storage, points_to_evaluate=incumbent)
     every = base_cfg.stage3.eval_every_steps or plan.stage3_steps
-    scheduler = (ASHAScheduler(time_attr=STEP_KEY, max_t=max(1, plan.stage3_steps), grace_period=max(1, every),
+    scheduler = (ASHAScheduler(time_attr=TRAIN_STEP, max_t=max(1, plan.stage3_steps), grace_period=max(1, every),
                                reduction_factor=2) if plan.scheduler == "asha" else FIFOScheduler())
     # Reusing a worker saves its imports (~4 s a trial on 2 cores), but only where a trial's thread has surely
     # ended: an ASHA-stopped trial computes on until its next report, and Tune would fail the next trial given
@@ -145,9 +148,7 @@ def _tuner(plan: SweepPlan, space: SearchSpace, callback: Any) -> Any:
         tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent,
                                     trial_dirname_creator=trial_dirname, reuse_actors=reuse),
-        run_config=tune.RunConfig(name=plan.name, storage_path=plan.storage, callbacks=[callback, ProgressPrinter()],
-                                  verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=plan.max_failures)),
+        run_config=run_config(plan.name, plan.storage, callback, plan.max_failures),
     )
 
 
@@ -193,12 +194,13 @@ def _add_wall_time(plan: SweepPlan, seconds: float) -> float:
     return total
 
 
-def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTracker, seconds: float) -> SweepOutcome:
-    """Rank, print the top-k table and the best configuration, write the report and log it to the parent run."""
-    from sellarec.tuning.report import (format_table, param_importances, rank_rows, rows_from_results,
-                                         train_command, winner, write_report)
+def _finish(plan: SweepPlan, space: SearchSpace, tracker: RunTracker, seconds: float) -> SweepOutcome:
+    """Read the trials back from MLflow, rank them, print the top-k table and the best configuration, write the
+    report and log it to the parent run."""
+    from sellarec.tuning.report import (format_table, param_importances, rank_rows, rows_from_runs, train_command,
+                                         winner, write_report)
 
-    rows = rank_rows(rows_from_results(results, space.keys), plan.metric, plan.mode)
+    rows = rank_rows(rows_from_runs(tracker.children(plan.parent_run_id), space), plan.metric, plan.mode)
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "stopped", "failed", "unfinished")}
     best = next((r for r in rows if r.status == "finished"), None)
     command = repo_relative(train_command(plan.profile, plan.preset, plan.config_file, plan.overrides,
@@ -233,12 +235,12 @@ def _finish(plan: SweepPlan, space: SearchSpace, results: Any, tracker: SweepTra
 # --------------------------------------------------------------------------------------------------- driver
 
 
-def _open_parent(plan: SweepPlan, tracker: SweepTracker) -> None:
+def _open_parent(plan: SweepPlan, tracker: RunTracker) -> None:
     if plan.parent_run_id:
         tracker.reopen(plan.parent_run_id)
         return
     plan.git_commit, plan.machine = git_commit(), describe_machine()
-    tags = {"machine": plan.machine, "space": plan.space_name, "profile": str(plan.profile),
+    tags = {"sweep": plan.name, "machine": plan.machine, "space": plan.space_name, "profile": str(plan.profile),
             "preset": str(plan.preset), "sampler": plan.sampler, "scheduler": plan.scheduler,
             "git_commit": plan.git_commit, "smoke_test": str(plan.smoke_test).lower()}
     params = {"space": plan.space_name, "profile": plan.profile, "preset": plan.preset, "sampler": plan.sampler,
@@ -271,7 +273,7 @@ def run_sweep(options: SweepOptions) -> SweepOutcome:
     started = start_ray(options.address)
     try:
         plan.gpus_per_trial = cluster_gpus(plan.gpus_per_trial, plan.cpus_per_trial)
-        tracker = SweepTracker(plan.tracking_uri, f"search-{plan.space_name}")
+        tracker = RunTracker(plan.tracking_uri, f"search-{plan.space_name}")
         _open_parent(plan, tracker)
         Path(plan.folder).mkdir(parents=True, exist_ok=True)
         (Path(plan.folder) / SWEEP_FILE).write_text(json.dumps(asdict(plan), indent=2))
@@ -283,9 +285,9 @@ def run_sweep(options: SweepOptions) -> SweepOutcome:
             ray.shutdown()
 
 
-def _interrupted(plan: SweepPlan, tracker: SweepTracker, resume: str, seconds: float, what: str) -> SweepOutcome:
+def _interrupted(plan: SweepPlan, tracker: RunTracker, resume: str, seconds: float, what: str) -> SweepOutcome:
     _add_wall_time(plan, seconds)
-    tracker.end_sweep(plan.parent_run_id, KILLED)
+    tracker.end_with_children(plan.parent_run_id, KILLED)
     print(f"\nsweep {plan.name} interrupted{what}; resume with:\n  {resume}", file=sys.stderr)
     return SweepOutcome(plan.name, Path(plan.folder), interrupted=True, resume_command=resume,
                         parent_run_id=plan.parent_run_id, seconds=seconds)
@@ -303,17 +305,16 @@ def _shared_stages_first(plan: SweepPlan, space: SearchSpace, address: str | Non
     import ray
 
     from sellarec.config import apply_overrides
-    from sellarec.data.dataset import load_dataset
+    from sellarec.data.dataset import data_fingerprint
     from sellarec.pipeline import run_pipeline, stage_keys
-    from sellarec.runtime import cache_root
 
     if address is not None or plan.gpus_per_trial > 0 or any(not k.startswith("stage3.") for k in space.keys):
         return
-    base = from_dict(plan.base)
+    base = apply_overrides(from_dict(plan.base), {"runtime.device": "cpu"})   # as the trials run (TrialConfigs)
     if base.final_stage != "stage3":
         return
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    fingerprint = load_dataset(base.data, cache_root(base.runtime)).fingerprint
+    fingerprint = data_fingerprint(base.data)
     wanted = stage_keys(base, fingerprint)
     for upto in ("stage2", "stage1"):   # stage 2 alone can have another key (a semantic table only stage 3 needs)
         cfg = apply_overrides(base, {"final_stage": upto, "runtime.threads": threads})
@@ -330,7 +331,7 @@ def _shared_stages_first(plan: SweepPlan, space: SearchSpace, address: str | Non
           + ", ".join(f"{k} {v}" for k, v in result.cache.items()) + ")", flush=True)
 
 
-def _run(plan: SweepPlan, space: SearchSpace, tracker: SweepTracker, options: SweepOptions) -> SweepOutcome:
+def _run(plan: SweepPlan, space: SearchSpace, tracker: RunTracker, options: SweepOptions) -> SweepOutcome:
     from ray import tune
 
     print(f"sweep {plan.name}: space {plan.space_name}, {plan.num_samples} trials, sampler {plan.sampler}, "
@@ -340,6 +341,8 @@ def _run(plan: SweepPlan, space: SearchSpace, tracker: SweepTracker, options: Sw
     resume = resume_command(plan, options.address)
     start = time.perf_counter()
     try:
+        if options.resume and _all_trials_ended(plan, tracker):   # a re-report: nothing left for Tune to run
+            return _report(plan, space, tracker, time.perf_counter() - start)
         if not options.resume:   # a resume's trials find their shared stages in the cache, or compute them once
             _shared_stages_first(plan, space, options.address)   # there, under its lock: never ahead of need
         path = f"{plan.storage}/{plan.name}"
@@ -347,24 +350,37 @@ def _run(plan: SweepPlan, space: SearchSpace, tracker: SweepTracker, options: Sw
             tuner = tune.Tuner.restore(path, trainable=_trainable(plan), resume_unfinished=True,
                                        resume_errored=True)
         else:   # a new sweep, or one interrupted before Tune saved anything: start it under the same name
-            logger = TrialLogger(tracker, plan.parent_run_id, plan.name, plan.base,
-                                 {"space": plan.space_name, "profile": str(plan.profile), "preset": str(plan.preset)})
-            tuner = _tuner(plan, space, logger)
+            from sellarec.experiment.callbacks import TrialRuns
+
+            tuner = _tuner(plan, space, TrialRuns(tracker, plan.parent_run_id, _trial_configs(plan)))
         results = tuner.fit()
     except KeyboardInterrupt:   # a second Ctrl-C while Tune was saving
         return _interrupted(plan, tracker, resume, time.perf_counter() - start, "")
     except BaseException:
-        tracker.end_sweep(plan.parent_run_id, FAILED)
+        tracker.end_with_children(plan.parent_run_id, FAILED)
         raise
     seconds = time.perf_counter() - start
     if results.num_terminated + results.num_errors < plan.num_samples:   # Ctrl-C: Tune saved and returned
         return _interrupted(plan, tracker, resume, seconds, f" after {results.num_terminated} finished trials")
+    return _report(plan, space, tracker, seconds)
+
+
+def _all_trials_ended(plan: SweepPlan, tracker: RunTracker) -> bool:
+    """Whether MLflow holds an ended run for every trial of the sweep (finished, failed or stopped by the scheduler;
+    a run KILLED by Ctrl-C has more to do)."""
+    ended = [r for r in tracker.children(plan.parent_run_id) if r.info.status in (FINISHED, FAILED)
+             or (r.info.status == KILLED and r.data.tags.get("stopped_by") == "scheduler")]
+    return len(ended) >= plan.num_samples
+
+
+def _report(plan: SweepPlan, space: SearchSpace, tracker: RunTracker, seconds: float) -> SweepOutcome:
+    """Write the report of an ended sweep and close its parent run (FAILED if reporting fails)."""
     try:
-        outcome = _finish(plan, space, results, tracker, seconds)
+        outcome = _finish(plan, space, tracker, seconds)
     except BaseException:
-        tracker.end_sweep(plan.parent_run_id, FAILED)
+        tracker.end_with_children(plan.parent_run_id, FAILED)
         raise
-    tracker.end_sweep(plan.parent_run_id, FINISHED)   # no trial run expected open; never leave one RUNNING
+    tracker.end_with_children(plan.parent_run_id, FINISHED)   # no trial run expected open; never leave one RUNNING
     return outcome
 
 

@@ -57,7 +57,7 @@ def test_mlflow_holds_one_parent_and_finished_children(smoke: dict) -> None:
         ("-warm_token", "0", "FINISHED"), ("-warm_token", "1", "FINISHED"), ("full", "0", "FINISHED"),
         ("full", "1", "FINISHED")]
     for run in children:
-        assert 0.0 <= run.data.metrics["test/auc"] <= 1.0 and run.data.metrics["compute_seconds"] > 0
+        assert 0.0 <= run.data.metrics["test/auc"] <= 1.0 and run.data.metrics["cost/compute_seconds"] > 0
         assert run.data.params["runtime.seed"] == run.data.tags["seed"]
         assert run.data.params["backbone.name"] == "tiny" and run.data.tags["data_fingerprint"]
     by_cell = {(r.data.tags["cell"], r.data.tags["seed"]): r.data.params for r in children}

@@ -129,8 +129,10 @@ def test_cli_train_prints_a_table_and_writes_metrics(tmp_path: Path) -> None:
     result = _cli("train", "--profile", "tiny", "--until", "stage1", "--out", str(tmp_path / "out"),
                   "--set", "runtime.progress=false", cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "stage1 (LLM, TALLRec-style)" in result.stdout
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("LLM (stage 1, TALLRec-style)")]
+    valid = metrics["stage1"]["valid"]
+    assert f"{valid['auc']:.4f} [{valid['auc_ci_low']:.3f}, {valid['auc_ci_high']:.3f}] n={int(valid['rows'])}" in row
     assert {"stage1"} <= set(metrics) and "stage2" not in metrics
     assert metrics["cache"] == {"stage1": "miss", "stage1_test": "miss"} and "test" in metrics["stage1"]
 

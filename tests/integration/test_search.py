@@ -82,9 +82,9 @@ def _runs(uri: str, sweep: str) -> tuple[object, list]:
     exps = client.search_experiments()
     runs = client.search_runs([e.experiment_id for e in exps], filter_string=f"tags.sweep = '{sweep}'",
                               max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    parents = [r for r in runs if r.data.tags.get("role") == "parent"]
     assert len(parents) == 1
-    return parents[0], [r for r in runs if r.data.tags.get("kind") == "trial"]
+    return parents[0], [r for r in runs if r.data.tags.get("role") == "trial"]
 
 
 def _study(folder: Path, name: str):
@@ -123,7 +123,7 @@ def test_tpe_sweep_records_the_mlflow_hierarchy(ray_cluster, tmp_path: Path, sha
         assert m["valid/auc_ci_low"] <= m["valid/auc"] <= m["valid/auc_ci_high"]
         assert m["valid/rows"] == base.eval.max_valid_samples and m["valid/users"] >= 2
         assert not any(k.startswith("test") for k in m)              # a sweep selects on valid: test is skipped
-        assert m["trainable_params"] > 0 and m["seconds"] > 0
+        assert m["cost/trainable_params"] > 0 and m["cost/stage3_seconds"] > 0
         assert params["stage3.collab_projector.type"] in {"mlp", "linear", "mlp_residual"}
         if params["stage3.collab_projector.type"] == "linear":
             assert params["stage3.projector_init"] == "random"
@@ -134,7 +134,8 @@ def test_tpe_sweep_records_the_mlflow_hierarchy(ray_cluster, tmp_path: Path, sha
         logged = from_dict(yaml.safe_load(Path(local).read_text()))
         expected = apply_overrides(base, {"stage3.collab_projector.type": params["stage3.collab_projector.type"],
                                           "stage3.projector_init": params["stage3.projector_init"],
-                                          "stage3.lr": float(params["stage3.lr"])})
+                                          "stage3.lr": float(params["stage3.lr"]), "runtime.threads": 1,
+                                          "runtime.device": "cpu"})
         assert logged == expected
     # stages 1-2 ran once for the whole sweep (the shared cache), stage 3 per trial
     assert sum(c.data.metrics["cache/stage1"] == 0 for c in children) <= 1
@@ -145,6 +146,13 @@ def test_tpe_sweep_records_the_mlflow_hierarchy(ray_cluster, tmp_path: Path, sha
     assert (Path(opts.report_dir) / "tpe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     study = _study(out.path, "tpe")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+    # --resume of a sweep whose trials all ended re-reports from MLflow: no trial runs again, no run is added
+    ended = {c.info.run_id: c.info.end_time for c in children}
+    again = run_sweep(SweepOptions(name="tpe", resume=True, storage=opts.storage, gpus_per_trial=0.0))
+    assert [(r.trial_id, r.metrics["valid/auc"]) for r in again.rows] == [(r.trial_id, r.metrics["valid/auc"])
+                                                                           for r in out.rows]
+    parent, children = _runs(opts.tracking_uri, "tpe")
+    assert {c.info.run_id: c.info.end_time for c in children} == ended and parent.info.status == "FINISHED"
 
 
 @pytest.mark.slow
@@ -297,6 +305,40 @@ def test_script_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU path")
+@pytest.mark.slow
+def test_a_sweep_and_an_ablation_of_one_config_log_one_schema(ray_cluster, tmp_path: Path,
+                                                              shared_cache: Path) -> None:
+    """One trainable, one tracker: the same configuration run as a one-trial sweep and as an ablation's full model
+    logs the same params and tags, and the same metric names but test's (a sweep selects on valid only)."""
+    from sellarec.ablation.runner import run_ablation
+    from sellarec.ablation.spec import parse_spec
+    from sellarec.experiment.resources import Resources
+    from sellarec.experiment.tracking import CHILD_TAGS
+
+    lr = load_config("tiny", "sella").stage3.lr
+    space = tmp_path / "one.yaml"
+    space.write_text(f"metric: valid/auc\nnum_samples: 1\nscheduler: fifo\nparams:\n  stage3.lr: {{choice: [{lr}]}}\n")
+    out = run_sweep(_options(tmp_path, shared_cache, space, name="one", preset="sella"))
+    assert [r.status for r in out.rows] == ["finished"]
+    spec = parse_spec({"profile": "tiny", "preset": "sella", "seeds": 1,
+                       "components": {"other_lr": {"set": {"stage3.lr": lr / 2}}}}, "one")
+    summary = run_ablation(spec, storage=tmp_path / "ablations", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                           resources=Resources(gpus_per_trial=0.0), cache_dir=shared_cache, max_cells=1)
+    assert (summary.ran, summary.failures) == (1, [])
+    client = _client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (swept,) = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "one")[1]
+    exp = client.get_experiment_by_name("ablations").experiment_id
+    (ablated,) = client.search_runs([exp], "tags.role = 'trial'")
+    assert swept.data.params == ablated.data.params
+    assert swept.data.tags["run_key"] == ablated.data.tags["run_key"]
+    for run in (swept, ablated):
+        assert set(CHILD_TAGS) <= set(run.data.tags) and run.info.status == "FINISHED"
+    tested = {k for k in ablated.data.metrics if k.startswith("test") or "_test" in k}
+    assert tested and set(swept.data.metrics) == set(ablated.data.metrics) - tested
+    for key in ("valid/auc", "valid/auc_ci_low", "valid/rows"):   # one trained model, one valid score
+        assert swept.data.metrics[key] == ablated.data.metrics[key], key
+
+
 def test_gpu_request_without_cuda_fails_within_seconds(tmp_path: Path) -> None:
     start = time.monotonic()
     proc = _script("--smoke-test", "--gpus-per-trial", "0.5", "--storage", str(tmp_path / "s"),

@@ -19,7 +19,6 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from sellarec.ablation.report import METRICS, load_published, write_report
-from sellarec.ablation.tracking import pipeline_metrics
 from sellarec.errors import ConfigError, DataError
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "ablations" / "published.yaml"
@@ -214,31 +213,20 @@ def test_missing_ablation_and_bad_registry(store: str, tmp_path: Path) -> None:
     assert not (tmp_path / "x.md").exists()
 
 
-def test_pipeline_metrics_sum_every_stage() -> None:
-    metrics = {"final": "stage3", "cache": {"stage1": "hit", "stage2": "hit", "stage3": "miss"},
-               "stage1": {"seconds": 1.5}, "stage2": {"seconds": 2.25},
-               "stage3": {"test": {"auc": 0.7, "uauc": 0.6}, "test_cold": {"auc": math.nan}, "seconds": 4.0,
-                          "trainable_params": 12}}
-    flat = pipeline_metrics(metrics)
-    assert flat["compute_seconds"] == 7.75 and flat["stage_seconds/stage2"] == 2.25
-    assert flat["test/auc"] == 0.7 and math.isnan(flat["test_cold/auc"]) and flat["trainable_params"] == 12
-    assert (flat["cache/stage1"], flat["cache/stage3"]) == (1.0, 0.0) and "valid/auc" not in flat
-
-
 def test_resume_bookkeeping_skips_finished_and_supersedes_stale(store: str) -> None:
     from sellarec.ablation.expansion import expand_cells, expand_jobs
     from sellarec.ablation.runner import _sync_children
     from sellarec.ablation.spec import parse_spec
-    from sellarec.ablation.tracking import start_parent
-    from sellarec.experiment.tracking import client_for, ensure_experiment
+    from sellarec.ablation.tracking import open_parent
+    from sellarec.experiment.tracking import RunTracker
 
     spec = parse_spec({"profile": "tiny", "components": {"a": {"set": {"stage3.lr": 0.5}}}}, "sync")
     jobs = expand_jobs(expand_cells(spec), (0, 1))
     key = {(j.cell.name, j.seed): j.run_key for j in jobs}
-    client = client_for(store)
-    exp = ensure_experiment(client, "ablations")
-    parent = start_parent(client, exp, "sync", "tiny", {"command": "c"})
-    assert start_parent(client, exp, "sync", "tiny", {"command": "c2"}) == parent          # resumed, not new
+    tracker = RunTracker(store, "ablations")
+    client, exp = tracker.client, tracker.experiment_id
+    parent = open_parent(tracker, "sync", "tiny", {"command": "c"})
+    assert open_parent(tracker, "sync", "tiny", {"command": "c2"}) == parent          # resumed, not new
     made = {}
     for cell, seed, run_key, status, extra in [("full", 0, key["full", 0], "FINISHED", {"superseded": "true"}),
                                                ("full", 1, "old-key", "FINISHED", {}),
@@ -250,7 +238,7 @@ def test_resume_bookkeeping_skips_finished_and_supersedes_stale(store: str) -> N
         if status != "RUNNING":
             client.set_terminated(run.info.run_id, status)
         made[cell, seed] = run.info.run_id
-    pending = _sync_children(client, exp, parent, jobs)
+    pending = _sync_children(tracker, parent, jobs)
     assert [(j.cell.name, j.seed) for j in pending] == [("full", 1), ("-a", 0), ("-a", 1)]
     tags = {k: client.get_run(r).data.tags.get("superseded") for k, r in made.items()}
     assert tags == {("full", 0): None, ("full", 1): "true", ("gone", 0): "true", ("-a", 0): None, ("-a", 1): None}

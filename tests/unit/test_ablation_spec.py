@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from sellarec.ablation.expansion import expand_cells, expand_jobs
-from sellarec.ablation.spec import config_key, load_spec, parse_spec
-from sellarec.config import apply_overrides
+from sellarec.ablation.spec import load_spec, parse_spec
+from sellarec.config import apply_overrides, config_key
 from sellarec.errors import ConfigError
 
 SPECS = Path(__file__).resolve().parents[2] / "ablations" / "specs"

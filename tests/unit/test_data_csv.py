@@ -68,3 +68,17 @@ def test_kill_mid_write_leaves_no_partial_cache(tmp_path: Path, cache_dir: Path,
     with pytest.raises(KeyboardInterrupt):
         load_dataset(_cfg(write_csv(tmp_path / "x.csv")), cache_dir)
     assert list((cache_dir / "data").iterdir()) == []
+
+
+def test_a_process_reads_a_cached_dataset_once(tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
+    cfg = _cfg(write_csv(tmp_path / "x.csv"))
+    built = load_dataset(cfg, cache_dir)                       # processes the csv and writes the cache entry
+    reads: list[Path] = []
+    real = pd.read_parquet
+    monkeypatch.setattr(pd, "read_parquet", lambda path, *a, **kw: reads.append(path) or real(path, *a, **kw))
+    first, second = load_dataset(cfg, cache_dir), load_dataset(cfg, cache_dir)
+    assert first is second and len(reads) == 1
+    pd.testing.assert_frame_equal(first.interactions, built.interactions.reset_index(drop=True))
+    # a render-only setting shares the processed data but is a dataset of its own (its config says how to render)
+    other = load_dataset(_cfg(tmp_path / "x.csv", warm_definition="collm"), cache_dir)
+    assert other is not first and other.config.warm_definition == "collm" and len(reads) == 2

@@ -1,4 +1,4 @@
-"""A sweep trial runs with as many torch threads as CPUs its resource request holds (at least one), checked without
+"""A trial (sweep or ablation: one trainable) runs with as many torch threads as CPUs its resource request holds (at least one), checked without
 starting Ray: Tune's trial context is replaced by one holding the request, and the pipeline by a stub."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class _Stop(Exception):
 def test_trial_threads_are_its_cpus(monkeypatch, tmp_path, cpus, threads) -> None:
     tune = pytest.importorskip("ray.tune")
     import sellarec.pipeline
-    from sellarec.tuning.trainable import train_trial
+    from sellarec.experiment.trial import TrialConfigs, run_trial
 
     request = types.SimpleNamespace(required_resources={"CPU": cpus, "GPU": 0.0})  # as PlacementGroupFactory
     context = types.SimpleNamespace(get_trial_resources=lambda: request, get_trial_dir=lambda: str(tmp_path))
@@ -31,5 +31,5 @@ def test_trial_threads_are_its_cpus(monkeypatch, tmp_path, cpus, threads) -> Non
 
     monkeypatch.setattr(sellarec.pipeline, "run_pipeline", pipeline)
     with pytest.raises(_Stop):
-        train_trial({"stage3.lr": 0.01}, to_dict(load_config("tiny")), intermediate=False)
+        run_trial({"stage3.lr": 0.01}, TrialConfigs(base=to_dict(load_config("tiny"))))
     assert seen == [threads]
