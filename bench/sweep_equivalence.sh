@@ -7,10 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BEFORE="$1"; AFTER="${2:-HEAD}"; OUT="$(realpath -m "${3:-runs/sweep-equivalence}")"
-PY="$(realpath "${PY:-.venv/bin/python}")"
+PY="$(realpath -s "${PY:-.venv/bin/python}")"   # -s: a venv's python is a symlink that must stay one
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled \
   MLFLOW_DISABLE_TELEMETRY=true
 rm -rf "$OUT"; mkdir -p "$OUT"
+cleanup() { git worktree remove --force "$OUT/before-tree" 2>/dev/null || true
+           git worktree remove --force "$OUT/after-tree" 2>/dev/null || true; }
+trap cleanup EXIT
 for side in before after; do
   rev=$([ "$side" = before ] && echo "$BEFORE" || echo "$AFTER")
   git worktree add -q --detach "$OUT/$side-tree" "$rev"

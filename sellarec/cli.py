@@ -33,10 +33,14 @@ def _add_config_args(parser: argparse.ArgumentParser, default_profile: str | Non
 
 
 def _config_from_args(args: argparse.Namespace, extra: dict[str, object] | None = None) -> SellaConfig:
+    from sellarec.path_checks import readable_file, writable_folder
+
+    if args.config_file is not None:
+        readable_file(args.config_file, "--config")
     cfg = load_config(args.profile, args.preset, args.overrides, args.config_file)
     extra = dict(extra or {})
     if args.cache_dir is not None:
-        extra["runtime.cache_dir"] = args.cache_dir
+        extra["runtime.cache_dir"] = str(writable_folder(args.cache_dir, "--cache-dir"))
     return apply_overrides(cfg, {k: v for k, v in extra.items() if v is not None}) if extra else cfg
 
 
@@ -44,13 +48,13 @@ def _config_from_args(args: argparse.Namespace, extra: dict[str, object] | None 
 _WINDOW_SPLIT_DATASETS = ("ml1m", "amazon-book")
 
 
-def _data_config_from_args(args: argparse.Namespace) -> SellaConfig:
+def _data_config_from_args(args: argparse.Namespace, extra: dict[str, object] | None = None) -> SellaConfig:
     """The configuration of the `data` commands: the profile's, with ``--dataset``/``--data-dir``; naming a dataset
     with a window split drops the profile's ``data.split`` rule unless ``--set data.split=...`` asks for one."""
     explicit = any(item.split("=", 1)[0].strip() == "data.split" for item in args.overrides)
     if args.dataset in _WINDOW_SPLIT_DATASETS and not explicit:
         args = argparse.Namespace(**{**vars(args), "overrides": ["data.split=null", *args.overrides]})
-    return _config_from_args(args, {"data.dataset": args.dataset, "data.data_dir": args.data_dir})
+    return _config_from_args(args, {"data.dataset": args.dataset, "data.data_dir": args.data_dir, **(extra or {})})
 
 
 def _cmd_data_stats(args: argparse.Namespace) -> int:
@@ -107,7 +111,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from sellarec.pipeline import run_pipeline
     from sellarec.run_table import stages_table
 
-    cfg = _config_from_args(args, {"final_stage": args.until})
+    from sellarec.path_checks import writable_folder
+
+    writable_folder(args.out, "--out")
+    cfg = _data_config_from_args(args, {"final_stage": args.until})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     print(f"training on {cfg.data.dataset} with {cfg.backbone.name} (profile {args.profile}, preset {args.preset}) "
           f"until {cfg.final_stage} into {args.out}", flush=True)
@@ -131,13 +138,15 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     store = StageCache(cache_root(cfg.runtime))
-    if args.action == "ls":
-        entries = store.entries()
+    if args.action in ("ls", "verify"):
+        entries = store.entries(checksums=args.action == "verify")
         for e in entries:
-            print(f"{e.stage:<7} {e.key}  {e.size / 2**20:8.1f} MiB  {e.meta.get('created', '?')}  "
-                  f"{e.meta.get('backbone', '')} data={e.meta.get('data', '')}")
-        print(f"{len(entries)} entries in {store.root}")
-        return 0
+            state = f"BROKEN: {e.problem}" if e.problem else f"{e.meta.get('backbone', '')} data={e.meta.get('data', '')}"
+            print(f"{e.stage:<11} {e.key}  {e.size / 2**20:8.1f} MiB  {e.meta.get('created', '?')}  {state}")
+        broken = sum(e.problem is not None for e in entries)
+        print(f"{len(entries)} entries in {store.root}" + (f", {broken} broken (moved aside and computed again "
+                                                            "when a run next needs them)" if broken else ""))
+        return 1 if broken and args.action == "verify" else 0
     if not args.yes:
         raise SellarecError(f"cache clear deletes every stage artifact in {store.root}; add --yes to confirm")
     print(f"removed {store.clear(args.stage)} entries from {store.root}")
@@ -227,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.set_defaults(func=_cmd_data_prompts)
 
     train = commands.add_parser("train", help="train SeLLa-Rec stage by stage (resumes finished stages)")
+    train.add_argument("--dataset", default=None, help="ml100k (embedded), ml1m, amazon-book or csv")
+    train.add_argument("--data-dir", default=None, help="raw data folder (ml1m, amazon-book) or file (csv)")
     _add_config_args(train, default_profile="quick")
     train.add_argument("--until", default=None, choices=["stage1", "stage2", "stage3"],
                        help="last stage to run (default: the config's final_stage, stage3)")
@@ -241,12 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = commands.add_parser("cache", help="the shared stage cache").add_subparsers(dest="action", required=True,
                                                                                        parser_class=ArgumentParser)
-    cache_ls = cache.add_parser("ls", help="list stage artifacts")
+    cache_ls = cache.add_parser("ls", help="list stage artifacts (a broken one as BROKEN: sizes checked)")
+    cache_verify = cache.add_parser("verify", help="check every stage artifact against its recorded SHA-256 "
+                                                   "(exit 1 if one is broken)")
     cache_clear = cache.add_parser("clear", help="delete stage artifacts")
     cache_clear.add_argument("--yes", action="store_true", help="confirm the deletion")
     cache_clear.add_argument("--stage", default=None, choices=["stage1", "stage1_test", "stage2", "stage3", "stage3_test"],
                              help="only this stage's entries (stage1_test, stage3_test: test evaluations)")
-    for sub in (cache_ls, cache_clear):
+    for sub in (cache_ls, cache_verify, cache_clear):
         _add_config_args(sub, default_profile=None)
         sub.set_defaults(func=_cmd_cache)
 

@@ -34,7 +34,7 @@ from sellarec.metrics import (COST_COMPUTE_SECONDS, COST_TRAINABLE_PARAMS, SPLIT
 from sellarec.runtime import cache_root, configure_threads, seed_everything
 from sellarec.stages.loop import OnEval
 
-__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "split_metrics", "flat_metrics", "stage_keys",
+__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "split_metrics", "flat_metrics", "check_trainable", "stage_keys",
            "stage3_steps", "load_run_backbone"]
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,25 @@ def split_metrics(stage: dict[str, Any]) -> dict[str, float]:
     :data:`~sellarec.metrics.SPLIT_METRICS`, where measured)."""
     return {metric_key(split, name): float(stage[split][name]) for split in SPLITS for name in SPLIT_METRICS
             if isinstance(stage.get(split), dict) and stage[split].get(name) is not None}
+
+
+def check_trainable(ds: Dataset, splits: tuple[str, ...]) -> None:
+    """Refuse a dataset whose ``splits`` cannot train or be scored: each needs positive and negative rows (a loss
+    on one label teaches nothing, an AUC of one label is undefined).
+
+    Raises:
+        DataError: naming the split, its rows per label and the fix.
+    """
+    from sellarec.errors import DataError
+
+    for split in splits:
+        labels = ds.split(split)["label"]
+        positives = int(labels.sum())
+        if positives == 0 or positives == len(labels):
+            counted = (f"has {positives} positive and {len(labels) - positives} negative rows" if len(labels) else
+                       "has no row with an earlier positive to prompt with")
+            raise DataError(f"the {split} split of {ds.name} {counted} (a split needs both labels); use more data "
+                            "(data.max_users, a larger file) or another label rule (data.positive_rating)")
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -352,14 +371,16 @@ def run_pipeline(cfg: SellaConfig, out_dir: Path, *, on_eval: OnEval | None = No
             selects on valid, passes False and skips that cost. Stage 2's MF is always scored (seconds).
     """
     out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     configure_threads(cfg.runtime)
     cache_dir = cache_root(cfg.runtime)
-    store = StageCache(cache_dir)
+    # Configuration and data are checked before the run folder exists: rejected input leaves nothing behind.
     ds = load_dataset(cfg.data, cache_dir)
+    check_trainable(ds, ("train", "valid", "test") if evaluate_test else ("train", "valid"))
+    needs, keys = _needs(cfg), stage_keys(cfg, ds.fingerprint)   # resolves the device: a missing GPU fails here
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    store = StageCache(cache_dir)
     run = _Run(cfg, ds, cache_dir)
-    needs, keys = _needs(cfg), stage_keys(cfg, ds.fingerprint)
     result = PipelineResult(metrics={"final": cfg.final_stage, "cache": {}, "keys": keys}, out_dir=out_dir)
     common_meta = {"data": ds.fingerprint, "backbone": cfg.backbone.name, "versions": _versions()}
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from sellarec import path_checks
 from sellarec.arguments import exit_code
 from sellarec.errors import ConfigError
 from sellarec.experiment.resources import Resources, add_experiment_arguments
@@ -137,6 +138,10 @@ def run_command(options: AblateOptions, command: Sequence[str]) -> int:
         if o.address is not None:   # as for sweeps: every node must reach the trial storage and the store
             check_shared_storage(o.storage)
             check_shared_tracking(o.tracking_uri)
+        for value, check in ((o.storage, path_checks.tune_storage), (o.tracking_uri, path_checks.tracking_uri),
+                             (o.cache_dir, lambda v: path_checks.writable_folder(v, "--cache-dir"))):
+            if value is not None:   # before any work: a bad path found by the first trial fails every job
+                check(value)
         summary = run_ablation(
             load_spec(o.spec, _SPECS_DIR), profile=o.profile, seeds=o.seeds, overrides=list(o.overrides),
             storage=o.storage or repo_root() / "runs" / "ablations",
@@ -175,6 +180,10 @@ def report_command(options: ReportOptions, program: Sequence[str]) -> int:
         if not o.spec:
             raise ConfigError("--spec is required (or --smoke-test); specs: ablations/specs/*.yaml")
         spec = load_spec(o.spec, _SPECS_DIR)
+        if o.out is not None:
+            path_checks.writable_file(o.out, "--out")
+        if o.tracking_uri is not None:
+            path_checks.tracking_uri(o.tracking_uri)
         md, png = write_report(o.tracking_uri or default_tracking_uri(), spec.name, o.profile or spec.profile,
                                Path(o.out or repo_root() / "docs" / "ablations" / f"{spec.name}.md"),
                                repo_root() / "ablations" / "published.yaml",

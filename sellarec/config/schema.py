@@ -100,6 +100,10 @@ class DataConfig:
         _check(self.split is None or self.dataset in ("ml100k", "csv"), "split", self.split,
                f"applies to ml100k and csv only; data.dataset={self.dataset!r} uses CoLLM's time-window split: "
                "leave data.split unset (--set data.split=null where a profile sets it)")
+        # ml100k ships with recbole: a folder given for it would be ignored, and a user would believe it was read.
+        _check(self.data_dir is None or self.dataset != "ml100k", "data_dir", self.data_dir,
+               "is for ml1m, amazon-book and csv; ml100k is embedded (recbole's copy): drop --data-dir, or pass "
+               "--dataset ml1m|amazon-book|csv")
 
 
 @dataclass(frozen=True, kw_only=True)

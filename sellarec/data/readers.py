@@ -70,6 +70,8 @@ def source_files(cfg: DataConfig) -> list[Path]:
                 _first_existing(folder, ["meta_Books.json.gz", "meta_Books.json"], "amazon-book metadata")]
     if cfg.dataset == "csv":
         path = _data_dir(cfg)
+        if path.is_dir():
+            raise DataError(f"csv data {path} is a folder; pass --data-dir PATH/TO/FILE.csv, the file itself")
         if not path.is_file():
             raise DataError(f"csv file {path} does not exist; pass --data-dir PATH/TO/FILE.csv")
         return [path]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sellarec import path_checks
 from sellarec.config import SellaConfig, apply_overrides, load_config, to_dict
 from sellarec.errors import ConfigError
 from sellarec.experiment.resources import (Resources, add_experiment_arguments, check_request,
@@ -158,6 +159,15 @@ def check_options(o: SweepOptions) -> None:
         check_shared_storage(o.storage)
         if not o.resume:   # a resumed sweep keeps its tracking URI: checked in run_sweep
             check_shared_tracking(o.tracking_uri)
+    # Every path and URI before any work: a bad one found after the sweep has run would waste it.
+    if o.storage is not None:
+        path_checks.tune_storage(o.storage)
+    if o.tracking_uri is not None:
+        path_checks.tracking_uri(o.tracking_uri)
+    if o.report_dir is not None:
+        path_checks.writable_folder(o.report_dir, "--report-dir")
+    if o.config_file is not None:
+        path_checks.readable_file(o.config_file, "--config")
 
 
 # Searching any of these gives trials different stage-3 step counts (ASHA's time axis).

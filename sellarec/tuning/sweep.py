@@ -22,7 +22,7 @@ import yaml
 from ray.tune.search.optuna import OptunaSearch
 
 from sellarec.arguments import exit_code
-from sellarec.atomic_files import write_json_atomic
+from sellarec.atomic_files import write_json_atomic, write_text_atomic
 from sellarec.config import from_dict
 from sellarec.experiment.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
 from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker, choice_key, git_commit
@@ -275,8 +275,12 @@ def run_sweep(options: SweepOptions) -> SweepOutcome:
         plan.gpus_per_trial = cluster_gpus(plan.gpus_per_trial, plan.cpus_per_trial)
         tracker = RunTracker(plan.tracking_uri, f"search-{plan.space_name}")
         _open_parent(plan, tracker)
-        Path(plan.folder).mkdir(parents=True, exist_ok=True)
-        (Path(plan.folder) / SWEEP_FILE).write_text(json.dumps(asdict(plan), indent=2))
+        try:
+            Path(plan.folder).mkdir(parents=True, exist_ok=True)
+            write_text_atomic(Path(plan.folder) / SWEEP_FILE, json.dumps(asdict(plan), indent=2))
+        except BaseException:   # the parent run exists: end it FAILED, never leave it RUNNING
+            tracker.end_with_children(plan.parent_run_id, FAILED)
+            raise
         return _run(plan, space, tracker, options)
     finally:
         if started:

@@ -200,3 +200,26 @@ def test_an_added_field_at_its_old_value_keeps_the_old_stage3_key(tmp_path: Path
     assert keys["stage3"] == old
     relu = stage_keys(_cfg(tmp_path, "stage3.projector_init=random", "stage3.collab_projector.activation=relu"), "fp")
     assert relu["stage3"] != old and relu["stage2"] == keys["stage2"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "scramble"])
+def test_a_damaged_cache_entry_is_recomputed_to_the_same_metrics(tmp_path: Path, caplog, damage: str) -> None:
+    """Damage the largest file of every stage-cache entry of a finished run, one entry at a time: each rerun warns
+    once about that entry and ends with the clean run's metrics (issue 13)."""
+    from sellarec.pipeline import flat_metrics
+
+    cfg = _cfg(tmp_path / "cache")
+    clean = flat_metrics(run_pipeline(cfg, tmp_path / "clean").metrics)
+    measured = {k: v for k, v in clean.items() if not k.startswith(("cost/", "cache/"))}
+    for entry in StageCache(tmp_path / "cache").entries():
+        largest = max((f for f in entry.path.iterdir() if f.name != "meta.json"), key=lambda f: f.stat().st_size)
+        data = largest.read_bytes()
+        largest.write_bytes(data[: len(data) // 2] if damage == "truncate" else os.urandom(len(data)))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="sellarec.cache"):
+            again = flat_metrics(run_pipeline(cfg, tmp_path / f"rerun-{entry.stage}").metrics)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and f"{entry.stage}/{entry.key} is broken" in warnings[0], (entry.stage, warnings)
+        assert {k: v for k, v in again.items() if not k.startswith(("cost/", "cache/"))} == measured, entry.stage
+        assert again[f"cache/{entry.stage}"] == 0.0                 # that entry, and only it, was computed again
+        assert sum(v == 0.0 for k, v in again.items() if k.startswith("cache/")) == 1

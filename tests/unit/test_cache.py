@@ -109,3 +109,53 @@ def test_atomic_dir_gets_the_mode_of_a_plain_mkdir(tmp_path: Path) -> None:
         (scratch / "f").write_text("x")
     assert (tmp_path / "atomic" / "f").read_text() == "x"
     assert os.stat(tmp_path / "atomic").st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777
+
+
+def _entry(cache: StageCache, calls: list[int], payload: bytes = b"w" * 4096) -> Path:
+    def compute(scratch: Path) -> dict:
+        calls.append(1)
+        (scratch / "weights.safetensors").write_bytes(payload)
+        (scratch / "metrics.json").write_text('{"valid": {"auc": 0.7}}')
+        return {"note": "computed"}
+
+    return cache.get_or_compute("stage2", "k", compute)[0]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "scramble", "delete", "truncate-meta"])
+def test_a_damaged_entry_is_moved_aside_with_one_warning_and_recomputed(tmp_path: Path, caplog, damage: str) -> None:
+    import hashlib
+    import json
+
+    cache, calls = StageCache(tmp_path), []
+    folder = _entry(cache, calls)
+    recorded = json.loads((folder / "meta.json").read_text())["files"]
+    assert recorded["weights.safetensors"] == {"size": 4096, "sha256": hashlib.sha256(b"w" * 4096).hexdigest()}
+    weights = folder / "weights.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(b"w" * 100)
+    elif damage == "scramble":                                   # same size, other bytes: only the checksum sees it
+        weights.write_bytes(os.urandom(4096))
+    elif damage == "delete":
+        weights.unlink()
+    else:
+        (folder / "meta.json").write_text('{"stage": "sta')
+    (broken,) = [e for e in cache.entries(checksums=True) if e.key == "k"]
+    assert broken.problem                                        # listed as broken, never a crash
+    with caplog.at_level("WARNING", logger="sellarec.cache"):
+        again = _entry(cache, calls)
+    assert calls == [1, 1] and again == folder and (again / "weights.safetensors").read_bytes() == b"w" * 4096
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "stage2/k is broken" in warnings[0] and "moved aside" in warnings[0]
+    assert len(list((tmp_path / "stages" / "stage2").glob(".broken-k-*"))) == 1
+    _entry(cache, calls)
+    assert calls == [1, 1]                                       # the recomputed entry is a plain hit again
+
+
+def test_ls_lists_an_unreadable_meta_as_broken_and_accepts_entries_without_checksums(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path)
+    for key, meta in (("bad", "{not json"), ("old", '{"stage": "stage1", "created": "2026-01-01T00:00:00"}')):
+        (tmp_path / "stages" / "stage1" / key).mkdir(parents=True)
+        (tmp_path / "stages" / "stage1" / key / "meta.json").write_text(meta)
+    problems = {e.key: e.problem for e in cache.entries(checksums=True)}
+    assert problems["old"] is None and problems["bad"].startswith("meta.json unreadable")
+    assert cache.get_or_compute("stage1", "old", lambda scratch: {})[1]   # written before checksums: still a hit
