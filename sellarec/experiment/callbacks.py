@@ -66,6 +66,7 @@ class TrialRuns(tune.Callback):
     def __init__(self, tracker: RunTracker, parent_id: str, configs: TrialConfigs) -> None:
         self.tracker, self.parent_id, self.configs = tracker, parent_id, configs
         self.runs: dict[str, str] = {}            # trial id -> MLflow run id
+        self.ended: set[str] = set()              # trials whose run had ended FINISHED before this invocation saw them
         self.finished = 0
         self.failures: list[tuple[str, str]] = []
 
@@ -80,21 +81,29 @@ class TrialRuns(tune.Callback):
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Create the trial's run, or reopen it (a retry, or a trial resumed after Ctrl-C)."""
+        """Create the trial's run, or reopen it (a retry, or a trial resumed after Ctrl-C); a run that already
+        ended FINISHED (a trial restarted after its driver was killed) is left as it is."""
         known = self.runs.get(trial.trial_id) or self.tracker.find_child(self.parent_id, trial.trial_id)
         if known is None:
             self._run_of(trial)
+            return
+        self.runs[trial.trial_id] = known
+        if self.tracker.client.get_run(known).info.status == FINISHED:
+            self.ended.add(trial.trial_id)
         else:
-            self.runs[trial.trial_id] = known
             self.tracker.reopen(known)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        """Log the reported numbers at the final stage's step."""
+        """Log the reported numbers at the final stage's step (never twice for a run that had ended)."""
+        if trial.trial_id in self.ended:
+            return
         step = int(result.get(TRAIN_STEP, result.get("training_iteration", 0)) or 0)
         self.tracker.log_metrics(self._run_of(trial), loggable_metrics(result), step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """FINISHED when the final report came, else KILLED (stopped early by the scheduler)."""
+        if trial.trial_id in self.ended:
+            return
         run_id = self._run_of(trial)
         complete = COMPLETE_KEY in (trial.last_result or {})
         if not complete:

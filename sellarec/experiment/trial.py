@@ -12,6 +12,7 @@ the trial's ``error.txt``, whose last line the driver records.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sellarec.atomic_files import write_json_atomic
 from sellarec.config import SellaConfig, apply_overrides, from_dict
 from sellarec.metrics import COST_PEAK_GPU_MIB, COST_TRIAL_SECONDS, TRAIN_LOSS, TRAIN_STEP, metric_key
 
@@ -63,6 +65,10 @@ class TrialConfigs:
         tags: tags every child run of the experiment carries (profile, preset, space or ablation, ...).
         evaluate_test: score test too (ablations); sweeps select on valid and leave test to the chosen config.
         intermediate: report each stage-3 validation pass before the last (a sweep under ASHA).
+        final_reports: a folder that outlives Ray sessions (a sweep's folder) where each finished trial keeps its
+            final report as ``<trial id>.json``. Tune saves its state every few seconds, so a trial can finish after
+            the last save of a driver that is then killed; restored, Tune starts it again, and it reports the kept
+            report instead of training. None: no such folder (a trial's own folder lives in the Ray session).
     """
 
     base: dict[str, Any] | None = None
@@ -70,6 +76,7 @@ class TrialConfigs:
     tags: Mapping[str, str] = field(default_factory=dict)
     evaluate_test: bool = True
     intermediate: bool = False
+    final_reports: str | None = None
 
     def resolve(self, params: Mapping[str, Any], resources: Mapping[str, float]) -> ResolvedTrial:
         """The configuration of the trial with Tune parameters ``params`` on its resource request ``resources``
@@ -119,6 +126,10 @@ def run_trial(params: dict[str, Any], configs: TrialConfigs) -> None:
     from sellarec.pipeline import flat_metrics, run_pipeline
 
     context = tune.get_context()
+    kept = Path(configs.final_reports) / f"{context.get_trial_id()}.json" if configs.final_reports else None
+    if kept is not None and kept.is_file():   # finished before its driver was killed: report, never train again
+        tune.report(json.loads(kept.read_text()))
+        return
     fraction = trial_gpu_fraction()
     cap_gpu_memory(fraction)
     cfg = configs.resolve(params, context.get_trial_resources().required_resources).config
@@ -141,4 +152,6 @@ def run_trial(params: dict[str, Any], configs: TrialConfigs) -> None:
     if fraction > 0 and torch.cuda.is_available():
         final[COST_PEAK_GPU_MIB] = torch.cuda.max_memory_allocated(0) / 2**20
     final[COMPLETE_KEY] = 1.0
+    if kept is not None:
+        write_json_atomic(kept, final)
     tune.report(final)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -43,12 +44,38 @@ class PruneAwareOptunaSearch(OptunaSearch):
     Tune hands a scheduler-stopped trial's last (under-trained) result to ``on_trial_complete``, which OptunaSearch
     records as COMPLETE; that biases TPE and the importances towards "stopped early = bad". Here such a trial is
     PRUNED (its intermediate values stay), an errored one FAIL, and a non-finite value FAIL (Optuna refuses NaN).
+
+    A trial that finished after the last state Tune saved, in a driver that was then killed, is COMPLETE in the
+    study (its database outlives the driver) but running in the restored searcher: Tune starts it again and it
+    reports its kept final report; the study already holds it, so the searcher records nothing more (Optuna
+    refuses to update a finished trial, which would crash the resumed sweep).
     """
+
+    def _done_in_study(self, trial_id: str) -> bool:
+        """Whether the study already holds this trial's end (recorded by an earlier, killed driver)."""
+        earlier = self.__dict__.setdefault("_ended_earlier", set())   # setdefault: a restored searcher is unpickled
+        if trial_id in earlier:
+            return True
+        ot_trial = self._ot_trials.get(trial_id)
+        if trial_id in self._completed_trials or ot_trial is None:
+            return False
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            earlier.add(trial_id)
+            self._completed_trials.add(trial_id)
+            return True
+        return False
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Report an intermediate value to the study, unless the study already holds the trial's end."""
+        if not self._done_in_study(trial_id):
+            super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Record the trial's end in the Optuna study."""
         import optuna
 
+        if self._done_in_study(trial_id):
+            return None
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
@@ -110,7 +137,8 @@ def _trial_configs(plan: SweepPlan) -> TrialConfigs:
     """A sweep's trials: the searched overrides on the base configuration, scored on valid only (a sweep selects on
     valid; test is left to `sellarec train` of the chosen configuration, which reuses every stage)."""
     tags = {"sweep": plan.name, "space": plan.space_name, "profile": str(plan.profile), "preset": str(plan.preset)}
-    return TrialConfigs(base=plan.base, tags=tags, evaluate_test=False, intermediate=plan.scheduler == "asha")
+    return TrialConfigs(base=plan.base, tags=tags, evaluate_test=False, intermediate=plan.scheduler == "asha",
+                        final_reports=str(Path(plan.folder) / FINAL_REPORTS))
 
 
 def _trainable(plan: SweepPlan) -> Any:
@@ -183,6 +211,7 @@ def _incumbent_id(plan: SweepPlan, space: SearchSpace, rows: list) -> str | None
                 None)
 
 
+FINAL_REPORTS = "final_reports"   # in the sweep's folder: each finished trial's final report (TrialConfigs)
 WALL_FILE = "wall.json"   # in the sweep's folder: wall seconds summed over every invocation (run, resumes, re-reports)
 
 
@@ -343,6 +372,9 @@ def _run(plan: SweepPlan, space: SearchSpace, tracker: RunTracker, options: Swee
           f"  storage {plan.storage}/{plan.name}\n  MLflow {plan.tracking_uri} (parent run {plan.parent_run_id})",
           flush=True)
     resume = resume_command(plan, options.address)
+    # Tune saves its state at most every 10+ s by default: a driver killed in between loses every trial that started
+    # since, and the resumed sweep samples new ones in their place. Once a second costs milliseconds per save.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     start = time.perf_counter()
     try:
         if options.resume and _all_trials_ended(plan, tracker):   # a re-report: nothing left for Tune to run

@@ -117,3 +117,37 @@ def test_the_sweep_report_reads_its_trials_back_from_mlflow(tmp_path: Path, base
 def test_only_the_vocabulary_is_logged() -> None:
     assert loggable_metrics({**FINAL, "valid/auc": math.nan, "flag": True}).keys() == {
         "valid/auc", "valid/auc_ci_low", "valid/auc_ci_high", "train/step", "cost/compute_seconds", "cache/stage1"}
+
+
+def test_a_trial_restarted_after_its_driver_was_killed_logs_nothing_twice(tmp_path: Path, base) -> None:
+    tracker = RunTracker(f"sqlite:///{tmp_path / 'm.db'}", "search-x")
+    parent = tracker.start_parent("s", {})
+    _finish(TrialRuns(tracker, parent, TrialConfigs(base=base)), _Trial("t1", dict(PARAMS)), dict(FINAL))
+    (run,) = tracker.children(parent)
+    # The killed driver's Tune state still had t1 running: the resumed driver sees it start and report again.
+    _finish(TrialRuns(tracker, parent, TrialConfigs(base=base)), _Trial("t1", dict(PARAMS)), dict(FINAL))
+    (again,) = tracker.children(parent)
+    assert (again.info.run_id, again.info.status, again.info.end_time) == (run.info.run_id, "FINISHED",
+                                                                            run.info.end_time)
+    assert len(tracker.client.get_metric_history(run.info.run_id, "valid/auc")) == 1
+
+
+def test_a_finished_trial_reports_its_kept_final_report_instead_of_training(monkeypatch, tmp_path: Path, base) -> None:
+    import json
+    import types
+
+    from ray import tune
+
+    import sellarec.pipeline
+    from sellarec.experiment.trial import run_trial
+
+    (tmp_path / "t1.json").write_text(json.dumps({"valid/auc": 0.7, COMPLETE_KEY: 1.0}))
+    request = types.SimpleNamespace(required_resources={"CPU": 1.0, "GPU": 0.0})
+    context = types.SimpleNamespace(get_trial_resources=lambda: request, get_trial_dir=lambda: str(tmp_path / "x"),
+                                    get_trial_id=lambda: "t1")
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "get_context", lambda: context)
+    monkeypatch.setattr(tune, "report", reports.append)
+    monkeypatch.setattr(sellarec.pipeline, "run_pipeline", lambda *a, **k: pytest.fail("trained again"))
+    run_trial(dict(PARAMS), TrialConfigs(base=base, final_reports=str(tmp_path)))
+    assert reports == [{"valid/auc": 0.7, COMPLETE_KEY: 1.0}]
