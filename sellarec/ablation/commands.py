@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sellarec import path_checks
 from sellarec.arguments import exit_code
+from sellarec.config import load_config
 from sellarec.errors import ConfigError
 from sellarec.experiment.resources import Resources, add_experiment_arguments
 from sellarec.experiment.tracking import default_tracking_uri
@@ -180,6 +181,8 @@ def report_command(options: ReportOptions, program: Sequence[str]) -> int:
         if not o.spec:
             raise ConfigError("--spec is required (or --smoke-test); specs: ablations/specs/*.yaml")
         spec = load_spec(o.spec, _SPECS_DIR)
+        if o.profile is not None:   # unknown: one line with the profiles, not a suggested command that fails too
+            load_config(o.profile)
         if o.out is not None:
             path_checks.writable_file(o.out, "--out")
         if o.tracking_uri is not None:

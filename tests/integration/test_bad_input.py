@@ -46,6 +46,8 @@ CASES = [  # (id, program, arguments, the one line's expected fragment)
      "--storage /proc/x: cannot write in /proc"),
     ("report-tracking-uri-scheme", REPORT, "--smoke-test --tracking-uri garbage://x --out {tmp}/r.md",
      "--tracking-uri garbage://x: MLflow accepts"),
+    ("report-unknown-profile", REPORT, "--spec components --profile tinyy --tracking-uri " + STORE,
+     "ConfigError: unknown profile 'tinyy' (did you mean 'tiny'?"),
     ("report-out-folder", REPORT, "--smoke-test --out {tmp}", "--out {tmp} is a folder; pass a file name"),
     ("report-out-unwritable", REPORT, "--smoke-test --out /proc/x.md", "--out /proc/x.md: cannot write in /proc"),
     ("train-out-unwritable", CLI, "train --profile tiny --out /proc/x", "--out /proc/x: cannot write in /proc"),
