@@ -15,7 +15,7 @@ from typing import Any
 from ray import tune
 
 from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker, choice_key
-from sellarec.experiment.trial import COMPLETE_KEY, TrialConfigs
+from sellarec.experiment.trial import COMPLETE_KEY, REPLAYED_KEY, TrialConfigs
 from sellarec.metrics import COST_TRIAL_SECONDS, TRAIN_STEP, metric_key
 
 __all__ = ["TrialRuns", "ProgressPrinter", "loggable_metrics", "error_reason"]
@@ -98,7 +98,10 @@ class TrialRuns(tune.Callback):
         if trial.trial_id in self.ended:
             return
         step = int(result.get(TRAIN_STEP, result.get("training_iteration", 0)) or 0)
-        self.tracker.log_metrics(self._run_of(trial), loggable_metrics(result), step)
+        run_id, metrics = self._run_of(trial), loggable_metrics(result)
+        if result.get(REPLAYED_KEY) and set(metrics) <= set(self.tracker.client.get_run(run_id).data.metrics):
+            return   # a kept final report the killed driver had already logged (it died before ending the run)
+        self.tracker.log_metrics(run_id, metrics, step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """FINISHED when the final report came, else KILLED (stopped early by the scheduler)."""

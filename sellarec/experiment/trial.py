@@ -25,10 +25,11 @@ from sellarec.atomic_files import write_json_atomic
 from sellarec.config import SellaConfig, apply_overrides, from_dict
 from sellarec.metrics import COST_PEAK_GPU_MIB, COST_TRIAL_SECONDS, TRAIN_LOSS, TRAIN_STEP, metric_key
 
-__all__ = ["COMPLETE_KEY", "TrialJob", "TrialConfigs", "ResolvedTrial", "job_id", "trial_dirname",
+__all__ = ["COMPLETE_KEY", "REPLAYED_KEY", "TrialJob", "TrialConfigs", "ResolvedTrial", "job_id", "trial_dirname",
            "threads_for", "run_trial"]
 
 COMPLETE_KEY = "trial/complete"   # present (1) only in the final report: the pipeline ran to the end
+REPLAYED_KEY = "trial/replayed"   # present (1) when the final report is a kept one (TrialConfigs.final_reports)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def run_trial(params: dict[str, Any], configs: TrialConfigs) -> None:
     context = tune.get_context()
     kept = Path(configs.final_reports) / f"{context.get_trial_id()}.json" if configs.final_reports else None
     if kept is not None and kept.is_file():   # finished before its driver was killed: report, never train again
-        tune.report(json.loads(kept.read_text()))
+        tune.report({**json.loads(kept.read_text()), REPLAYED_KEY: 1.0})
         return
     fraction = trial_gpu_fraction()
     cap_gpu_memory(fraction)

@@ -150,4 +150,18 @@ def test_a_finished_trial_reports_its_kept_final_report_instead_of_training(monk
     monkeypatch.setattr(tune, "report", reports.append)
     monkeypatch.setattr(sellarec.pipeline, "run_pipeline", lambda *a, **k: pytest.fail("trained again"))
     run_trial(dict(PARAMS), TrialConfigs(base=base, final_reports=str(tmp_path)))
-    assert reports == [{"valid/auc": 0.7, COMPLETE_KEY: 1.0}]
+    assert reports == [{"valid/auc": 0.7, COMPLETE_KEY: 1.0, "trial/replayed": 1.0}]
+
+
+def test_a_replayed_final_report_is_not_logged_again_on_a_run_the_killed_driver_left_open(tmp_path: Path,
+                                                                                           base) -> None:
+    tracker = RunTracker(f"sqlite:///{tmp_path / 'm.db'}", "search-x")
+    parent = tracker.start_parent("s", {})
+    first, trial = TrialRuns(tracker, parent, TrialConfigs(base=base)), _Trial("t1", dict(PARAMS))
+    first.on_trial_start(0, [], trial)
+    first.on_trial_result(0, [], trial, dict(FINAL))           # logged; the driver dies before ending the run
+    resumed = TrialRuns(tracker, parent, TrialConfigs(base=base))
+    _finish(resumed, _Trial("t1", dict(PARAMS)), {**FINAL, "trial/replayed": 1.0})
+    (run,) = tracker.children(parent)
+    assert run.info.status == "FINISHED"
+    assert len(tracker.client.get_metric_history(run.info.run_id, "valid/auc")) == 1
