@@ -108,10 +108,9 @@ def _cmd_data_prompts(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import logging
 
+    from sellarec.path_checks import writable_folder
     from sellarec.pipeline import run_pipeline
     from sellarec.run_table import stages_table
-
-    from sellarec.path_checks import writable_folder
 
     writable_folder(args.out, "--out")
     cfg = _data_config_from_args(args, {"final_stage": args.until})
@@ -141,7 +140,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     if args.action in ("ls", "verify"):
         entries = store.entries(checksums=args.action == "verify")
         for e in entries:
-            state = f"BROKEN: {e.problem}" if e.problem else f"{e.meta.get('backbone', '')} data={e.meta.get('data', '')}"
+            state = (f"BROKEN: {e.problem}" if e.problem else
+                     f"{e.meta.get('backbone', '')} data={e.meta.get('data', '')}")
             print(f"{e.stage:<11} {e.key}  {e.size / 2**20:8.1f} MiB  {e.meta.get('created', '?')}  {state}")
         broken = sum(e.problem is not None for e in entries)
         print(f"{len(entries)} entries in {store.root}" + (f", {broken} broken (moved aside and computed again "

@@ -29,13 +29,14 @@ from sellarec.config import SellaConfig, to_dict
 from sellarec.data.batches import sample_rows
 from sellarec.data.dataset import Dataset, load_dataset
 from sellarec.data.prompts import tiny_corpus
+from sellarec.errors import DataError
 from sellarec.metrics import (COST_COMPUTE_SECONDS, COST_TRAINABLE_PARAMS, SPLIT_METRICS, SPLITS, TRAIN_STEP, cache_key,
                               metric_key, stage_seconds_key)
 from sellarec.runtime import cache_root, configure_threads, seed_everything
 from sellarec.stages.loop import OnEval
 
-__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "split_metrics", "flat_metrics", "check_trainable", "stage_keys",
-           "stage3_steps", "load_run_backbone"]
+__all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "split_metrics", "flat_metrics",
+           "check_trainable", "stage_keys", "stage3_steps", "load_run_backbone"]
 
 log = logging.getLogger(__name__)
 STAGES = ("stage1", "stage2", "stage3")
@@ -74,8 +75,6 @@ def check_trainable(ds: Dataset, splits: tuple[str, ...]) -> None:
     Raises:
         DataError: naming the split, its rows per label and the fix.
     """
-    from sellarec.errors import DataError
-
     for split in splits:
         labels = ds.split(split)["label"]
         positives = int(labels.sum())

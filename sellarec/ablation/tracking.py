@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sellarec.config import SellaConfig
-from sellarec.experiment.tracking import RunTracker, log_values
+from sellarec.experiment.tracking import RunTracker
 
 __all__ = ["EXPERIMENT", "parent_tags", "open_parent", "label_rule"]
 
@@ -35,7 +35,7 @@ def open_parent(tracker: RunTracker, ablation: str, profile: str, tags: Mapping[
     else:
         run_id = parent.info.run_id
         tracker.reopen(run_id)
-    log_values(tracker.client, run_id, tags=tags)
+    tracker.set_tags(run_id, tags)
     return run_id
 
 

@@ -1,6 +1,7 @@
 """The one typed configuration of a SeLLa-Rec run (:mod:`.schema`) and how it is built (:mod:`.loading`)."""
 
-from sellarec.config.loading import (apply_overrides, config_key, from_dict, list_presets, list_profiles, load_config, read_yaml,
+from sellarec.config.loading import (apply_overrides, config_key, from_dict, list_presets, list_profiles, load_config,
+                                     read_yaml,
                                      to_dict, to_flat_dict)
 from sellarec.config.schema import (LORA_TARGETS_ALL, BackboneConfig, CollabProjectorConfig, DataConfig,
                                     DatasetName, EvalConfig, LoraConfig, LossMask, RuntimeConfig, ScoreFn,

@@ -1,4 +1,4 @@
-"""The one Tune trainable of sweeps and ablations: a trial = the whole SeLLa-Rec pipeline through the shared stage cache.
+"""The one Tune trainable of sweeps and ablations: a trial is the whole pipeline through the shared stage cache.
 
 A planner describes its trials with :class:`TrialConfigs`: a sweep's trial parameters are dotted overrides on one
 base configuration (``{"stage3.lr": 1e-3}``), an ablation's are ``{"job": id}`` naming one of its jobs. The trainable

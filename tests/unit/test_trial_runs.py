@@ -83,7 +83,8 @@ def test_a_sweep_and_an_ablation_of_one_config_log_the_same_params_tags_and_metr
 def test_a_retry_reuses_the_run_and_a_failure_records_the_exception(tmp_path: Path, base) -> None:
     tracker = RunTracker(f"sqlite:///{tmp_path / 'm.db'}", "search-x")
     callback = TrialRuns(tracker, tracker.start_parent("s", {}), TrialConfigs(base=base))
-    trial = _Trial("t1", dict(PARAMS), error="Traceback (most recent call last):\n  ...\nValueError: Input contains NaN\n")
+    error = "Traceback (most recent call last):\n  ...\nValueError: Input contains NaN\n"
+    trial = _Trial("t1", dict(PARAMS), error=error)
     callback.on_trial_start(0, [], trial)
     trial.num_failures = 1
     callback.on_trial_recover(0, [], trial)

@@ -1,5 +1,6 @@
-"""A trial (sweep or ablation: one trainable) runs with as many torch threads as CPUs its resource request holds (at least one), checked without
-starting Ray: Tune's trial context is replaced by one holding the request, and the pipeline by a stub."""
+"""A trial (sweeps and ablations share one trainable) runs with as many torch threads as CPUs its resource request
+holds (at least one), checked without starting Ray: Tune's trial context is replaced by one holding the request, and
+the pipeline by a stub."""
 
 from __future__ import annotations
 
