@@ -24,9 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sellarec import status
 from sellarec.atomic_files import atomic_dir
 
-__all__ = ["StageCache", "CacheEntry", "file_digests"]
+__all__ = ["StageCache", "CacheEntry", "file_digests", "entry_problem", "move_aside"]
 
 log = logging.getLogger(__name__)
 _META = "meta.json"
@@ -45,8 +46,11 @@ def file_digests(folder: Path) -> dict[str, dict[str, int | str]]:
     return out
 
 
-def _problem(folder: Path, checksums: bool = True) -> str | None:
-    """Why the complete-looking entry at ``folder`` cannot be trusted, or None (sizes only without ``checksums``)."""
+def entry_problem(folder: Path, checksums: bool = True) -> str | None:
+    """Why the complete-looking entry at ``folder`` cannot be trusted, or None (sizes only without ``checksums``).
+
+    An entry is a folder whose ``meta.json`` records its files (:func:`file_digests`) under ``"files"``; one
+    written before that was recorded is trusted."""
     try:
         meta = json.loads((folder / _META).read_text())
     except (OSError, ValueError) as exc:
@@ -66,6 +70,19 @@ def _problem(folder: Path, checksums: bool = True) -> str | None:
             if actual[name]["sha256"] != expected["sha256"]:
                 return f"{name} does not match its recorded SHA-256"
     return None
+
+
+def move_aside(folder: Path, problem: str, what: str = "stage cache entry") -> Path:
+    """Rename a broken entry to ``.broken-<name>-<time>`` beside it (kept for a post-mortem, never read again) with
+    one warning naming it; the caller computes it again."""
+    aside = folder.parent / f".broken-{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:   # another process moved it first (and warned)
+        return aside
+    log.warning("%s %s/%s is broken (%s): moved aside to %s, computing it again", what, folder.parent.name,
+                folder.name, problem, aside)
+    return aside
 
 
 @dataclass(frozen=True)
@@ -96,18 +113,25 @@ class StageCache:
         path = self.path(stage, key)
         return path if (path / _META).is_file() else None
 
-    def _move_aside(self, folder: Path, problem: str) -> None:
-        aside = folder.parent / f".broken-{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        folder.rename(aside)
-        log.warning("stage cache entry %s/%s is broken (%s): moved aside to %s, computing it again",
-                    folder.parent.name, folder.name, problem, aside)
-
     @contextmanager
     def _lock(self, stage: str, key: str) -> Iterator[None]:
+        """Hold the entry's lock; the lock file names its holder, which a waiter publishes (:mod:`sellarec.status`:
+        a sweep's driver prints "waiting for stage1 from trial X")."""
         folder = self.root / stage
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f".{key}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        with open(folder / f".{key}.lock", "a+") as handle:   # "a+": opening must not erase the holder's name
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                log.info("waiting for %s %s, computed by %s", stage, key, holder or "another process")
+                status.waiting(stage, holder)
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
+            handle.seek(0)
+            handle.truncate()
+            handle.write(status.label())
+            handle.flush()
             try:
                 yield
             finally:
@@ -119,15 +143,15 @@ class StageCache:
         ``meta.json`` is written by the cache after ``compute`` returns, so an entry is never visible half-written.
         """
         found = self.lookup(stage, key)
-        if found is not None and _problem(found) is None:
+        if found is not None and entry_problem(found) is None:
             return found, True
         with self._lock(stage, key):
             found = self.lookup(stage, key)  # computed (or repaired) by another process while we waited
             if found is not None:
-                problem = _problem(found)
+                problem = entry_problem(found)
                 if problem is None:
                     return found, True
-                self._move_aside(found, problem)
+                move_aside(found, problem)
             for stale in (self.root / stage).glob(f".{key}.tmp-*"):  # left by a killed writer
                 shutil.rmtree(stale, ignore_errors=True)
             target = self.path(stage, key)
@@ -147,7 +171,7 @@ class StageCache:
         for meta_path in sorted(self.root.glob(f"*/*/{_META}")):
             folder = meta_path.parent
             size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            problem = _problem(folder, checksums)
+            problem = entry_problem(folder, checksums)
             try:
                 meta = json.loads(meta_path.read_text())
             except (OSError, ValueError):

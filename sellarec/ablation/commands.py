@@ -43,6 +43,8 @@ class AblateOptions:
         cpus_per_trial, gpus_per_trial, max_concurrent: what each trial asks of Ray (:class:`Resources`).
         cache_dir: the shared stage cache.
         smoke_test: tiny profile, 2 cells x 2 seeds, a private store under ``runs/ablation-smoke``.
+        import_runs: a report's runs file (``docs/ablations/<spec>.runs.jsonl``) whose finished runs are logged
+            into the store and not run again (:mod:`sellarec.ablation.carryover`).
     """
 
     spec: str | None = None
@@ -57,6 +59,7 @@ class AblateOptions:
     max_concurrent: int | None = Resources.max_concurrent
     cache_dir: str | None = None
     smoke_test: bool = False
+    import_runs: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     add_experiment_arguments(parser, storage_default="runs/ablations")
     parser.add_argument("--cache-dir", help="shared stage cache (default: $SELLAREC_CACHE or ~/.cache/sellarec)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny profile, 2 cells x 2 seeds, private store")
+    parser.add_argument("--import-runs", metavar="RUNS_JSONL",
+                        help="finished runs a report published (docs/ablations/<spec>.runs.jsonl, e.g. from another "
+                             "machine): those matching a job are logged into the store and not run again")
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +130,7 @@ def run_command(options: AblateOptions, command: Sequence[str]) -> int:
         command: the command line as typed (``python ablations/run.py --spec ...``), recorded on the parent run
             for the report's footer.
     """
+    from sellarec.ablation.carryover import read_runs
     from sellarec.ablation.runner import run_ablation
     from sellarec.ablation.spec import load_spec
     from sellarec.experiment.resources import check_shared_storage, check_shared_tracking
@@ -143,12 +150,14 @@ def run_command(options: AblateOptions, command: Sequence[str]) -> int:
                              (o.cache_dir, lambda v: path_checks.writable_folder(v, "--cache-dir"))):
             if value is not None:   # before any work: a bad path found by the first trial fails every job
                 check(value)
+        imported = read_runs(o.import_runs) if o.import_runs else []
         summary = run_ablation(
             load_spec(o.spec, _SPECS_DIR), profile=o.profile, seeds=o.seeds, overrides=list(o.overrides),
             storage=o.storage or repo_root() / "runs" / "ablations",
             tracking_uri=o.tracking_uri or default_tracking_uri(), cache_dir=o.cache_dir,
             resources=Resources(o.cpus_per_trial, o.gpus_per_trial, o.max_concurrent, o.address),
-            max_cells=2 if o.smoke_test else None, command=shlex.join(command))
+            max_cells=2 if o.smoke_test else None, command=shlex.join(command), imported_runs=imported,
+            import_source=o.import_runs or "")
         print(f"{summary.jobs} jobs: {summary.skipped} already finished, {summary.ran} ran, "
               f"{len(summary.failures)} failed (parent run {summary.parent_run_id})")
         for job, error in summary.failures:
@@ -187,11 +196,11 @@ def report_command(options: ReportOptions, program: Sequence[str]) -> int:
             path_checks.writable_file(o.out, "--out")
         if o.tracking_uri is not None:
             path_checks.tracking_uri(o.tracking_uri)
-        md, png = write_report(o.tracking_uri or default_tracking_uri(), spec.name, o.profile or spec.profile,
-                               Path(o.out or repo_root() / "docs" / "ablations" / f"{spec.name}.md"),
-                               repo_root() / "ablations" / "published.yaml",
-                               shlex.join(shown + ["--smoke-test"] * o.smoke_test))
-        print(f"wrote {md} and {png}")
+        md, png, runs = write_report(o.tracking_uri or default_tracking_uri(), spec.name, o.profile or spec.profile,
+                                     Path(o.out or repo_root() / "docs" / "ablations" / f"{spec.name}.md"),
+                                     repo_root() / "ablations" / "published.yaml",
+                                     shlex.join(shown + ["--smoke-test"] * o.smoke_test))
+        print(f"wrote {md}, {png} and the runs behind them, {runs}")
         return 0
 
     return exit_code(report)

@@ -18,11 +18,11 @@ from sellarec.errors import DataError
 from sellarec.experiment.tracking import PARENT_ROLE, client_for, latest_run, search_runs
 from sellarec.metrics import current_names
 
-__all__ = ["AblationRuns", "FOOTER_PARAMS", "FOOTER_TAGS", "load_ablation_runs"]
+__all__ = ["AblationRuns", "FOOTER_PARAMS", "FOOTER_TAGS", "load_ablation_runs", "selected_runs"]
 
 FOOTER_PARAMS = ("data.dataset", "data.split", "data.max_users", "data.sample_seed", "data.warm_definition",
                  "backbone.name", "eval.max_test_samples", "eval.score_fn", "final_stage")
-FOOTER_TAGS = ("data_fingerprint", "label_rule", "git_commit")
+FOOTER_TAGS = ("data_fingerprint", "label_rule", "git_commit", "machine", "imported_from")
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ def _client(tracking_uri: str) -> Any:
     return client_for(tracking_uri)
 
 
-def load_ablation_runs(tracking_uri: str, ablation: str, profile: str, experiment: str = EXPERIMENT) -> AblationRuns:
-    """Read the current runs of ``ablation`` on ``profile`` from the MLflow store at ``tracking_uri``.
+def selected_runs(tracking_uri: str, ablation: str, profile: str,
+                  experiment: str = EXPERIMENT) -> tuple[Any, list[Any]]:
+    """The parent run of ``ablation`` on ``profile`` and its selected children (module docstring), as MLflow runs.
 
     Raises:
         DataError: no such store, experiment, parent run or finished run.
@@ -89,6 +90,16 @@ def load_ablation_runs(tracking_uri: str, ablation: str, profile: str, experimen
             latest[ident] = run
     if not latest:
         raise DataError(f"ablation '{ablation}' on profile '{profile}' has no finished run in {tracking_uri}; {hint}")
-    frame = pd.DataFrame([_record(run) for run in latest.values()])
+    return parent, list(latest.values())
+
+
+def load_ablation_runs(tracking_uri: str, ablation: str, profile: str, experiment: str = EXPERIMENT) -> AblationRuns:
+    """Read the current runs of ``ablation`` on ``profile`` from the MLflow store at ``tracking_uri``.
+
+    Raises:
+        DataError: no such store, experiment, parent run or finished run.
+    """
+    parent, runs = selected_runs(tracking_uri, ablation, profile, experiment)
+    frame = pd.DataFrame([_record(run) for run in runs])
     frame = frame.sort_values(["index", "cell", "seed"], kind="stable").reset_index(drop=True)
     return AblationRuns(ablation, profile, dict(sorted(parent.data.tags.items())), frame)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from sellarec.ablation.carryover import export_runs, runs_path
 from sellarec.ablation.records import AblationRuns, load_ablation_runs
 from sellarec.ablation.spec import FULL
 from sellarec.ablation.stats import detectable_difference, pooled_sd, seeds_needed, summarize
@@ -160,7 +161,7 @@ def _published(study: AblationRuns, cells: pd.DataFrame, published: dict[str, An
     return lines
 
 
-def _footer(study: AblationRuns, commands: list[str]) -> list[str]:
+def _footer(study: AblationRuns, commands: list[str], runs_file: str) -> list[str]:
     runs, warm = study.runs, sorted({str(v) for v in study.runs["data.warm_definition"]})
     warm_text = {"sella": "warm = not cold (SeLLa)",
                  "collm": "warm = user and item each seen more than 3 times in train (CoLLM; rows seen 1-3 times are "
@@ -184,12 +185,29 @@ def _footer(study: AblationRuns, commands: list[str]) -> list[str]:
         f"test); scores: {_distinct(runs, 'eval.score_fn')}.",
         f"* Backbone: {_distinct(runs, 'backbone.name')}. Profile: `{study.profile}`. Commit: "
         + (", ".join(f"`{c}`" for c in commits) or "n/a") + ".",
-        f"* Machine (the runner's): {study.parent.get('machine') or 'not recorded'}.",
+        f"* Machine: {_machines(study)}.",
+        f"* Per-run numbers (tags, params, final metrics): `{runs_file}`; another machine continues this ablation "
+        f"from them with the run command plus `--import-runs {runs_file}`, which logs them into its store and runs "
+        "only the jobs they lack.",
         "", "Commands:", "", "```bash", *commands, "```", ""]
 
 
-def render_markdown(study: AblationRuns, published: dict[str, Any], png_name: str, report_command: str) -> str:
-    """The report's Markdown (see the module docstring); deterministic for the same ``study``."""
+def _machines(study: AblationRuns) -> str:
+    """The machines behind the runs: the runner's (the parent's), and each machine imported runs came from."""
+    runs = study.runs
+    local = study.parent.get("machine") or "not recorded"
+    imported = runs[runs["imported_from"].astype(str) != ""] if "imported_from" in runs else runs.iloc[:0]
+    if imported.empty:
+        return f"{local} (the runner's)"
+    others = sorted({str(m) or "not recorded" for m in imported["machine"]})
+    return (f"{local} (the runner's, {len(runs) - len(imported)} runs); imported runs ({len(imported)}): "
+            + "; ".join(others))
+
+
+def render_markdown(study: AblationRuns, published: dict[str, Any], png_name: str, report_command: str,
+                    runs_file: str = "") -> str:
+    """The report's Markdown (see the module docstring); deterministic for the same ``study``. ``runs_file``: the
+    repository-relative path where the runs are published beside it."""
     runs = study.runs
     metrics = [m for m, _ in METRICS]
     for metric in metrics:
@@ -218,6 +236,10 @@ def render_markdown(study: AblationRuns, published: dict[str, Any], png_name: st
              f"# Ablation `{study.ablation}` (profile `{study.profile}`)", ""]
     if study.parent.get("description"):
         lines += [_text(study.parent["description"]), ""]
+    planned = int(study.parent.get("jobs") or 0)
+    if planned > len(runs):
+        lines += [f"**In progress: {len(runs)} of {planned} runs (cells x seeds) have finished**; cells and seeds "
+                  "missing below have not run yet.", ""]
     lines += [f"{len(order)} cells, seeds {', '.join(map(str, seeds))}. Each value is the mean ± half-width of the "
               "95% t-interval over seeds; (n=k) marks a value over only k seeds (a slice without both labels has "
               "no AUC). Trainable parameters are the final stage's; compute seconds add every stage's own time, "
@@ -246,7 +268,7 @@ def render_markdown(study: AblationRuns, published: dict[str, Any], png_name: st
     lines += ["", "## Cells", ""] + _table(["cell", "kind", "what differs from the full model"], about_rows)
     lines += ["", "## Published numbers", ""] + _published(study, cells, published) + [""]
     commands = [c for c in (repo_relative(study.parent.get("command", "")), report_command) if c]
-    return "\n".join(lines + _footer(study, commands))
+    return "\n".join(lines + _footer(study, commands, runs_file))
 
 
 def render_plot(study: AblationRuns, path: Path) -> None:
@@ -276,8 +298,9 @@ def render_plot(study: AblationRuns, path: Path) -> None:
 
 
 def write_report(tracking_uri: str, ablation: str, profile: str, out: Path, published_path: Path,
-                 report_command: str, experiment: str = EXPERIMENT) -> tuple[Path, Path]:
-    """Read the ablation from MLflow and write ``out`` (Markdown) and ``out`` with suffix ``.png``.
+                 report_command: str, experiment: str = EXPERIMENT) -> tuple[Path, Path, Path]:
+    """Read the ablation from MLflow and write ``out`` (Markdown), ``out`` with suffix ``.png`` and the runs behind
+    them (:func:`~sellarec.ablation.carryover.runs_path`); returns the three paths.
 
     Raises:
         DataError: no such store, ablation or finished run.
@@ -286,8 +309,10 @@ def write_report(tracking_uri: str, ablation: str, profile: str, out: Path, publ
     study = load_ablation_runs(tracking_uri, ablation, profile, experiment)
     published = load_published(published_path)
     out = Path(out)
-    png = out.with_suffix(".png")
+    png, runs = out.with_suffix(".png"), runs_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     render_plot(study, png)
-    write_text_atomic(out, render_markdown(study, published, png.name, report_command))
-    return out, png
+    export_runs(tracking_uri, ablation, profile, runs, experiment)
+    write_text_atomic(out, render_markdown(study, published, png.name, report_command,
+                                           repo_relative(str(runs.resolve()))))
+    return out, png, runs

@@ -1,25 +1,28 @@
 """Run an ablation: cells x seeds as Ray Tune trials through the shared stage cache, tracked in MLflow, resumable.
 
 Order of work: expand and check every cell (nothing written on a bad spec), check resources (a GPU request without a
-GPU fails here instead of leaving trials PENDING; STACK.md §4), then open the parent run, mark children of an older
-spec ``superseded``, skip every job whose (cell, seed, run key) already has a FINISHED run, and give the rest to
-Tune. Jobs of one cell at different seeds have different stage keys and run side by side; cells that differ only in
-stage 3 reuse a seed's stage-1 and stage-2 artifacts.
+GPU fails here instead of leaving trials PENDING; STACK.md §4), then open the parent run, import the finished runs
+another machine exported (:mod:`sellarec.ablation.carryover`), mark children of an older spec ``superseded``, skip
+every job whose (cell, seed, run key) already has a FINISHED run, and give the rest to Tune. Jobs of one cell at
+different seeds have different stage keys and run side by side; cells that differ only in stage 3 reuse a seed's
+stage-1 and stage-2 artifacts.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from sellarec.ablation.carryover import import_runs
 from sellarec.ablation.expansion import expand_cells, expand_jobs
 from sellarec.ablation.spec import AblationSpec, Job
 from sellarec.ablation.tracking import EXPERIMENT, label_rule, open_parent
 from sellarec.config import RuntimeConfig, apply_overrides, to_dict
 from sellarec.errors import ConfigError
-from sellarec.experiment.resources import Resources, start_ray
+from sellarec.experiment.resources import Resources, start_ray, stop_ray
 from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker, close_running, git_commit
 from sellarec.experiment.trial import TrialConfigs, TrialJob, job_id
 from sellarec.runtime import cache_root, describe_machine
@@ -110,7 +113,8 @@ def _sync_children(tracker: RunTracker, parent_id: str, jobs: list[Job]) -> list
 def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, profile: str | None = None,
                  seeds: int | None = None, overrides: Sequence[str] = (), resources: Resources = Resources(),
                  cache_dir: Path | str | None = None, max_cells: int | None = None, command: str = "",
-                 experiment: str = EXPERIMENT, artifact_location: str | None = None) -> RunSummary:
+                 experiment: str = EXPERIMENT, artifact_location: str | None = None,
+                 imported_runs: Sequence[Mapping[str, Any]] = (), import_source: str = "") -> RunSummary:
     """Run every unfinished job of ``spec`` on Ray and log it to MLflow under one parent run.
 
     Args:
@@ -126,6 +130,9 @@ def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, 
         command: the command line, recorded on the parent run for the report's footer.
         experiment: MLflow experiment name.
         artifact_location: the experiment's artifact folder when it is created.
+        imported_runs: finished runs exported by a report elsewhere (:func:`~sellarec.ablation.carryover.read_runs`);
+            those matching a job are logged as finished and not run again.
+        import_source: where ``imported_runs`` came from, kept on each imported run.
 
     Raises:
         ConfigError: a bad spec, override or option (before anything is written).
@@ -143,6 +150,12 @@ def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, 
     parent_id = open_parent(tracker, spec.name, profile,
                             {"command": command, "git_commit": commit, "machine": describe_machine(),
                              "mode": spec.mode, "jobs": str(len(jobs)), "description": spec.description})
+    if imported_runs:
+        job_prints = {(j.cell.name, str(j.seed)): fingerprints[repr(to_dict(j.config.data))] for j in jobs}
+        count, refused = import_runs(tracker, parent_id, imported_runs, jobs, job_prints, import_source)
+        log.info("imported %d finished runs from %s", count, import_source)
+        for reason in refused:
+            log.warning("not imported from %s: %s", import_source, reason)
     pending = _sync_children(tracker, parent_id, jobs)
     summary = RunSummary(jobs=len(jobs), skipped=len(jobs) - len(pending), parent_run_id=parent_id)
     log.info("ablation %s (%s): %d jobs, %d already finished", spec.name, profile, len(jobs), summary.skipped)
@@ -163,25 +176,25 @@ def _fit(name: str, configs: TrialConfigs, resources: Resources, planned_gpus: f
          tracker: RunTracker, parent_id: str, summary: RunSummary) -> None:
     """One Tune grid over the pending jobs; the driver-side callbacks write MLflow, print progress and fill
     ``summary``."""
-    import ray
     from ray import tune
 
     from sellarec.experiment.callbacks import TrialRuns
-    from sellarec.experiment.launch import run_config, trainable
+    from sellarec.experiment.launch import run_config, trainable, watched
     from sellarec.experiment.trial import trial_dirname
 
-    started = start_ray(resources.address, logging_level=logging.WARNING)
+    started = start_ray(resources.address)
     try:
         gpus = resources.cluster_gpus(planned_gpus)
         callback = TrialRuns(tracker, parent_id, configs)
+        configs, progress = watched(configs, len(configs.jobs))
         tuner = tune.Tuner(
             trainable(configs, resources.cpus_per_trial, gpus),
             param_space={"job": tune.grid_search(list(configs.jobs))},
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=resources.max_concurrent,
                                         trial_dirname_creator=trial_dirname),
-            run_config=run_config(name, storage, callback, max_failures=0))
+            run_config=run_config(name, storage, callback, max_failures=0, progress=progress))
         tuner.fit()
         summary.ran, summary.failures = callback.finished, callback.failures
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()

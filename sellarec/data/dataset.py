@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from sellarec.atomic_files import atomic_dir
+from sellarec.cache import entry_problem, file_digests, move_aside
 from sellarec.config import DataConfig, to_dict
 from sellarec.data.protocol import DEFAULT_POSITIVE_RATING, apply_protocol, subsample_users
 from sellarec.data.readers import read_raw, source_files
@@ -114,6 +115,10 @@ def load_dataset(cfg: DataConfig, cache_dir: Path | None) -> Dataset:
     fingerprint = data_fingerprint(cfg)
     item_word = ITEM_WORDS.get(cfg.dataset, cfg.csv_item_word)
     target = cache_dir / "data" / f"{cfg.dataset}-{fingerprint}" if cache_dir is not None else None
+    if target is not None and (target / "meta.json").is_file() and (str(target), repr(cfg)) not in _LOADED:
+        problem = entry_problem(target)   # sizes and SHA-256 of a few MB: milliseconds
+        if problem is not None:
+            move_aside(target, problem, "processed-data cache entry")
     if target is not None and (target / "meta.json").is_file():
         key = (str(target), repr(cfg))
         if key not in _LOADED:   # one read per process: a trial's planner, its pipeline and stage 3 share it
@@ -129,7 +134,7 @@ def load_dataset(cfg: DataConfig, cache_dir: Path | None) -> Dataset:
             frame.to_parquet(scratch / "interactions.parquet", index=False)
             (scratch / "titles.json").write_text(json.dumps(titles), encoding="utf-8")
             meta = {"dataset": cfg.dataset, "fingerprint": fingerprint, "protocol": PROTOCOL_VERSION,
-                    "config": dataclasses.asdict(cfg), "rows": len(frame)}
+                    "config": dataclasses.asdict(cfg), "rows": len(frame), "files": file_digests(scratch)}
             (scratch / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return Dataset(cfg.dataset, item_word, frame, titles, fingerprint, cfg)
 

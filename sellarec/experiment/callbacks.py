@@ -8,17 +8,29 @@ by a stopped trial; STACK.md §5). :class:`ProgressPrinter` replaces Tune's tabl
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import statistics
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from sellarec.errors import ConfigError
 from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker, choice_key
 from sellarec.experiment.trial import COMPLETE_KEY, REPLAYED_KEY, TrialConfigs
-from sellarec.metrics import COST_TRIAL_SECONDS, TRAIN_STEP, metric_key
+from sellarec.metrics import COST_TRIAL_SECONDS, TRAIN_STEP, cache_key, metric_key
+from sellarec.status import describe, publish_to, read_status
 
-__all__ = ["TrialRuns", "ProgressPrinter", "loggable_metrics", "error_reason"]
+__all__ = ["TrialRuns", "ProgressPrinter", "Heartbeat", "PROGRESS_SECONDS", "progress_seconds", "loggable_metrics",
+           "error_reason"]
+
+# A progress line at least this often while trials run, so a newcomer can tell work from a hang; the environment
+# variable SELLAREC_PROGRESS_SECONDS sets another period (a long GPU run may want fewer lines).
+PROGRESS_SECONDS = 30.0
 
 _LOGGED_PREFIXES = ("valid", "test", "train/", "cost/", "cache/")
 
@@ -126,21 +138,90 @@ class TrialRuns(tune.Callback):
         self.failures.append((trial.config.get("job") or str(trial.config), reason))
 
 
-class ProgressPrinter(tune.Callback):
-    """One terminal line per trial event (Tune's own tables are switched off with ``verbose=0``)."""
+def progress_seconds() -> float:
+    """Seconds between progress lines: $SELLAREC_PROGRESS_SECONDS, else :data:`PROGRESS_SECONDS`.
 
-    def __init__(self) -> None:
+    Raises:
+        ConfigError: the variable is not a number of seconds > 0.
+    """
+    text = os.environ.get("SELLAREC_PROGRESS_SECONDS", str(PROGRESS_SECONDS))
+    try:
+        every = float(text)
+    except ValueError:
+        every = math.nan
+    if not every > 0:
+        raise ConfigError(f"SELLAREC_PROGRESS_SECONDS={text!r} must be a number of seconds > 0 "
+                          f"(unset it for the default {PROGRESS_SECONDS:g})")
+    return every
+
+
+class Heartbeat:
+    """While the driver itself works (a sweep's shared stages), one line every ``every`` seconds of what it is
+    doing, read from the status it publishes to ``path`` (:mod:`sellarec.status`); a context manager.
+
+    Args:
+        path: the status file the work publishes to (published to from this process while the block runs).
+        who: the line's subject, e.g. ``shared stages``.
+        every: seconds between lines (default: :func:`progress_seconds`).
+    """
+
+    def __init__(self, path: Path, who: str, every: float | None = None) -> None:
+        self.path, self.who, self.every = Path(path), who, progress_seconds() if every is None else every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="sellarec-heartbeat", daemon=True)
         self._start = time.monotonic()
+
+    def __enter__(self) -> Heartbeat:
+        publish_to(self.path, self.who)
+        self._start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        publish_to(None)
+        self.path.unlink(missing_ok=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            found = read_status(self.path)
+            doing = describe(found, time.time()) if found else "starting"
+            print(f"[{time.monotonic() - self._start:6.0f}s] {self.who}: {doing}", flush=True)
+
+
+class ProgressPrinter(tune.Callback):
+    """One terminal line per trial event (Tune's own tables are switched off with ``verbose=0``), and every
+    ``every`` seconds one line of where each running trial is (read from its published status, see
+    :mod:`sellarec.status`) with an estimate of the time left.
+
+    Args:
+        status_dir: the folder the trials publish into (``TrialConfigs.status_dir``); removed when the
+            experiment ends. None: progress lines without the trials' stages.
+        total: trials the experiment will run in this invocation (a searcher creates them one by one).
+        every: seconds between progress lines (default: $SELLAREC_PROGRESS_SECONDS, else :data:`PROGRESS_SECONDS`).
+        clock: a monotonic clock (tests pass their own).
+        wall: the wall clock the trials' statuses use.
+    """
+
+    def __init__(self, status_dir: Path | None = None, total: int | None = None, every: float | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.status_dir, self.total, self.every = status_dir, total, progress_seconds() if every is None else every
+        self._clock, self._wall = clock, wall
+        self._start = self._last_line = clock()
+        self._started: dict[str, float] = {}     # trial id -> clock at its start
+        self._trained: list[float] = []           # seconds of trials that trained at least one stage (not all cached)
 
     def setup(self, **info: Any) -> None:
         """Start the clock when Tune starts."""
-        self._start = time.monotonic()
+        self._start = self._last_line = self._clock()
 
     def _say(self, trial: Any, text: str) -> None:
-        print(f"[{time.monotonic() - self._start:6.0f}s] trial {trial.trial_id} {text}", flush=True)
+        print(f"[{self._clock() - self._start:6.0f}s] trial {trial.trial_id} {text}", flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Print the trial's parameters."""
+        self._started[trial.trial_id] = self._clock()
         params = ", ".join(f"{k.replace('stage', 's', 1)}={v:.3g}" if isinstance(v, float) else
                            f"{k.replace('stage', 's', 1)}={choice_key(v)}" for k, v in trial.config.items())
         self._say(trial, f"started: {params}")
@@ -151,6 +232,9 @@ class ProgressPrinter(tune.Callback):
         split = "test" if metric_key("test", "auc") in result else "valid"
         auc = result.get(metric_key(split, "auc"), math.nan)
         if COMPLETE_KEY in result:
+            computed = [key for key, value in result.items() if key.startswith(cache_key("")) and value == 0.0]
+            if computed and not result.get(REPLAYED_KEY):
+                self._trained.append(float(result.get(COST_TRIAL_SECONDS, math.nan)))
             low = result.get(metric_key(split, "auc_ci_low"), math.nan)
             high = result.get(metric_key(split, "auc_ci_high"), math.nan)
             self._say(trial, f"finished: {split}/auc {auc:.4f} [{low:.4f}, {high:.4f}] on "
@@ -169,3 +253,53 @@ class ProgressPrinter(tune.Callback):
         """Print a failure after the last retry."""
         self._say(trial, f"FAILED after {trial.num_failures} attempts: {error_reason(trial)} "
                          f"(traceback in {trial.path}/error.txt)")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Every ``every`` seconds while trials run: the progress line (:meth:`progress_line`)."""
+        if self._clock() - self._last_line < self.every:
+            return
+        self._last_line = self._clock()
+        line = self.progress_line(trials)
+        if line:
+            print(f"[{self._clock() - self._start:6.0f}s] {line}", flush=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """The trials' statuses are of no use once the experiment ends."""
+        if self.status_dir is not None:
+            shutil.rmtree(self.status_dir, ignore_errors=True)
+
+    def progress_line(self, trials: list) -> str | None:
+        """``3/33 done, 2 running: <id> stage3 train 12/40 (6.0 min in, ~14.0 min left) | ...; about 1.2 h left
+        (...)``, or None when no trial runs."""
+        running = [t for t in trials if t.status == "RUNNING"]
+        if not running:
+            return None
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        total = max(self.total or 0, len(trials))
+        now = self._wall()
+        parts = []
+        for trial in running:
+            found = read_status(self.status_dir / f"{trial.trial_id}.json") if self.status_dir else None
+            parts.append(f"{trial.trial_id} {describe(found, now) if found else 'starting'}")
+        left = self._time_left(running, done, total)
+        return f"{done}/{total} done, {len(running)} running: {' | '.join(parts)}; {left}"
+
+    def _time_left(self, running: list, done: int, total: int) -> str:
+        """The experiment's time left: the mean trained trial's seconds for every trial not done, less what the
+        running ones have spent, over the trials running at once. Trials served wholly by the cache are left out
+        of the mean (they take seconds); pending trials that hit the cache end sooner than estimated."""
+        trained = [s for s in self._trained if math.isfinite(s)]
+        if not trained:
+            return "time left known once a trial that trains finishes"
+        mean = statistics.fmean(trained)
+        now = self._clock()
+        spent = [now - self._started.get(t.trial_id, now) for t in running]
+        work = sum(max(0.0, mean - s) for s in spent) + max(0, total - done - len(running)) * mean
+        return (f"about {_duration(work / len(running))} left (mean of {len(trained)} trained trial"
+                f"{'s' * (len(trained) != 1)}: {_duration(mean)}, {len(running)} at a time)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

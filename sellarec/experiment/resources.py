@@ -9,14 +9,15 @@ only, so this module loads without it.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass
 
 from sellarec.errors import ConfigError, ResourceError
 
 __all__ = ["DEFAULT_GPU_FRACTION", "Resources", "check_request", "default_gpus", "check_local_gpu",
-           "check_shared_storage", "check_shared_tracking", "start_ray", "cluster_gpus", "trial_gpu_fraction",
-           "cap_gpu_memory", "add_experiment_arguments"]
+           "check_shared_storage", "check_shared_tracking", "start_ray", "stop_ray", "cluster_gpus",
+           "trial_gpu_fraction", "cap_gpu_memory", "add_experiment_arguments"]
 
 DEFAULT_GPU_FRACTION = 0.25   # four trials share a card by default (ours)
 
@@ -94,30 +95,51 @@ def check_shared_tracking(uri: str | None) -> None:
                           f"not {uri or 'the local sqlite default'}; see docs/distributed.md")
 
 
-def start_ray(address: str | None, logging_level: int | None = None) -> bool:
-    """Join ``address`` or start a private local Ray; returns whether this call started it (and must stop it).
+def start_ray(address: str | None) -> bool:
+    """Join ``address`` or start a private local Ray; returns whether this call started it (and must stop it with
+    :func:`stop_ray`). Before a local Ray starts, the processes that killed drivers' Rays left on this machine are
+    stopped (:mod:`~sellarec.experiment.leftovers`), with one line saying so.
 
     Args:
         address: a Ray cluster (``auto``, ``host:port``, ``ray://host:port``), or None for a new local Ray.
-        logging_level: Ray's driver log level (None: Ray's default).
 
     Raises:
         ResourceError: the cluster at ``address`` cannot be joined.
     """
     import ray
 
+    from sellarec.experiment import leftovers
+
     if ray.is_initialized():
         return False
-    extra = {} if logging_level is None else {"logging_level": logging_level}
+    if address is None:
+        stopped = leftovers.stop_leftovers()
+        if stopped:
+            print(f"stopped {len(stopped)} processes left by a killed sellarec driver's Ray: {', '.join(stopped)}",
+                  flush=True)
     try:
         # Trial output stays in the trial's log files. Without --address always a new local Ray: a bare ray.init()
         # would join whatever cluster the last `ray start` on this machine recorded in
         # /tmp/ray/ray_current_cluster (any user's, even a stopped one), and the trials would hang when it goes away.
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, **extra)
+        # Ray's INFO lines ("Started a local Ray instance") say nothing our own lines do not.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise ResourceError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}; start it with "
                             "'ray start --head' or check --address") from None
+    if address is None:
+        leftovers.record_ray_processes()
     return True
+
+
+def stop_ray() -> None:
+    """Shut down the Ray this process started (:func:`start_ray`) and drop its record of leftovers."""
+    import ray
+
+    from sellarec.experiment import leftovers
+
+    ray.shutdown()
+    leftovers.forget_ray_processes()
 
 
 def cluster_gpus(planned: float | None, cpus: float) -> float:

@@ -19,6 +19,7 @@ Default store: ``sqlite:///<repo>/mlflow/mlflow.db`` with artifacts in ``<repo>/
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -84,6 +85,8 @@ def client_for(tracking_uri: str) -> Any:
     """An ``MlflowClient`` on ``tracking_uri``; a sqlite file's folder is created first."""
     from mlflow import MlflowClient
 
+    # "Creating initial MLflow database tables..." on a new store: MLflow's INFO, nothing a user acts on.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     if tracking_uri.startswith(_SQLITE):
         Path(tracking_uri[len(_SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=tracking_uri)

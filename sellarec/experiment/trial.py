@@ -70,6 +70,8 @@ class TrialConfigs:
             final report as ``<trial id>.json``. Tune saves its state every few seconds, so a trial can finish after
             the last save of a driver that is then killed; restored, Tune starts it again, and it reports the kept
             report instead of training. None: no such folder (a trial's own folder lives in the Ray session).
+        status_dir: a folder of the driver's machine where each running trial publishes what it is doing as
+            ``<trial id>.json`` (:mod:`sellarec.status`), read by the driver's progress lines. None: nothing.
     """
 
     base: dict[str, Any] | None = None
@@ -78,6 +80,7 @@ class TrialConfigs:
     evaluate_test: bool = True
     intermediate: bool = False
     final_reports: str | None = None
+    status_dir: str | None = None
 
     def resolve(self, params: Mapping[str, Any], resources: Mapping[str, float]) -> ResolvedTrial:
         """The configuration of the trial with Tune parameters ``params`` on its resource request ``resources``
@@ -123,11 +126,17 @@ def run_trial(params: dict[str, Any], configs: TrialConfigs) -> None:
     import torch
     from ray import tune
 
+    from sellarec import status
     from sellarec.experiment.resources import cap_gpu_memory, trial_gpu_fraction
     from sellarec.pipeline import flat_metrics, run_pipeline
 
     context = tune.get_context()
-    kept = Path(configs.final_reports) / f"{context.get_trial_id()}.json" if configs.final_reports else None
+    trial_id = context.get_trial_id()
+    # From here on this trial's status is what the worker publishes (a reused worker drops the previous trial's).
+    status.publish_to(Path(configs.status_dir) / f"{trial_id}.json" if configs.status_dir else None,
+                      f"trial {trial_id}")
+    status.update("starting: data, backbone and cached stages", 0, 0)
+    kept = Path(configs.final_reports) / f"{trial_id}.json" if configs.final_reports else None
     if kept is not None and kept.is_file():   # finished before its driver was killed: report, never train again
         tune.report({**json.loads(kept.read_text()), REPLAYED_KEY: 1.0})
         return

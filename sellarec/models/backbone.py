@@ -14,7 +14,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from huggingface_hub.errors import HFValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from sellarec.cache import entry_problem, file_digests, move_aside
 from sellarec.data.prompts import ID_TOKENS
 from sellarec.errors import ConfigError, ResourceError
 
@@ -116,29 +118,60 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[tor
     return dev, _DTYPES[dtype]
 
 
+def _intact(target: Path) -> bool:
+    """Whether a built backbone folder is there with every file at its recorded size (sizes only: hashing 540 MB
+    would cost seconds per load). A folder built before sizes were recorded is trusted."""
+    if not target.is_dir():
+        return False
+    if not (target / "meta.json").is_file():
+        return True
+    problem = entry_problem(target, checksums=False)
+    if problem is not None:
+        move_aside(target, problem, "converted backbone")
+    return problem is None
+
+
 def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """Create directory `target` with `build(tmp)` exactly once across processes, atomically.
 
     Readers never see a half-written directory: `build` fills a temp dir in the same parent, which is then renamed.
+    Its ``meta.json`` records every file's size and SHA-256; a folder whose sizes no longer match is moved aside
+    and built again. transformers' own progress bars stay off (they glue to log lines, for a few seconds' work).
     """
-    if target.is_dir():
+    if _intact(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
-        if target.is_dir():  # another process built it while we waited
+        if _intact(target):  # another process built it while we waited
             return target
         # Only the lock holder writes temp dirs, so any left over come from a killed builder.
         for stale in target.parent.glob(f".{target.name}.tmp*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
         try:
-            build(tmp)
+            with _without_transformers_bars():
+                build(tmp)
+            (tmp / "meta.json").write_text(json.dumps({"files": file_digests(tmp)}, indent=2))
             os.replace(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextmanager
+def _without_transformers_bars() -> Iterator[None]:
+    """transformers' bars ("Loading weights", "Writing model shards") off for the block, as they were after it."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def smollm2_dir(cache_dir: Path) -> Path:
@@ -325,8 +358,9 @@ def load_backbone(
     source = _model_dir(name, Path(cache_dir), tiny_corpus, seed)
     try:
         # local_files_only: there is no network, so a hub id must already be in the local HF cache.
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=True)
+        with _without_transformers_bars():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=True)
     except (OSError, HFValidationError):
         raise ConfigError(
             f"backbone {name!r} is neither a loadable local model directory nor in the local HF cache; "

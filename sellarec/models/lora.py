@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -24,7 +26,10 @@ def attach_lora(model: torch.nn.Module, cfg: LoraConfig, *, trainable: bool) -> 
                           f"choose among {sorted(n for n in names if n.endswith('_proj'))}")
     peft_cfg = PeftLoraConfig(task_type="CAUSAL_LM", r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(cfg.targets), bias="none")
-    wrapped = get_peft_model(model, peft_cfg)
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: its FutureWarning is not ours to fix.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        wrapped = get_peft_model(model, peft_cfg)
     for name, param in wrapped.named_parameters():
         param.requires_grad_(trainable and "lora_" in name)
     return wrapped

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from sellarec import status
 from sellarec.config import Stage2Config
 from sellarec.data.dataset import Dataset
 from sellarec.data.prompts import item_prompt, item_words
@@ -62,6 +63,7 @@ def distill_items(cfg: Stage2Config, ds: Dataset, backbone: Backbone, model: tor
                       attention_mask=attention.to(backbone.device)).last_hidden_state  # (B, T, D)
         last = (attention.sum(dim=1) - 1).to(hidden.device)  # (B,) last real token
         table[[k + 1 for k in rows]] = hidden[torch.arange(len(rows), device=hidden.device), last].float().cpu()
+        status.update("stage2 distill", min(start + cfg.distill_batch_size, len(order)), len(order))
     if cfg.faithful_int_cast:
         table = table.to(torch.int64).to(torch.float32)  # reproduces the official bug on purpose
     return table

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedConfig
 
+from sellarec import status
 from sellarec.config import EvalConfig, ScoreFn
 from sellarec.data.batches import Batch, Example, collate
 from sellarec.data.dataset import Dataset
@@ -340,6 +341,7 @@ def score_examples(backbone: Backbone, examples: Sequence[Example], *, batch_siz
         logits = answer_logits(model, batch, inputs_embeds, prefix)
         scores[rows] = yes_no_score(logits, backbone.yes_id, backbone.no_id, score_fn).cpu()
         bar.update(len(rows))
+        status.update(f"{desc} scoring", bar.n, len(examples))
 
     # One prefix for the whole call, not one per batch: the shared part is the prompt template, and a per-batch
     # prefix would add a forward per batch to gain a token now and then where a batch's first titles coincide.

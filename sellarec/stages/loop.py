@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sellarec import status
 from sellarec.metrics import TRAIN_LOSS, metric_key
 
 __all__ = ["LoopResult", "OnEval", "lr_factor", "optimizer_steps", "run_loop"]
@@ -112,6 +113,7 @@ def run_loop(*, name: str, examples: Sequence[Any], batch_size: int, grad_accum:
             result.steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(running):.4f}")
+            status.update(f"{name} train", result.steps, total_steps)
             if result.steps != total_steps and not (eval_every_steps and result.steps % eval_every_steps == 0):
                 continue
             select_auc, select_scores = evaluate()

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sellarec import status
 from sellarec.config import Stage2Config
 from sellarec.data.dataset import Dataset
 from sellarec.errors import ConfigError, DataError
@@ -165,6 +166,7 @@ def train_collab(cfg: Stage2Config, ds: Dataset, semantic: Tensor | None, *, see
         record[metric_key("valid", "uauc")] = uauc(valid_users, valid_labels, scores).value
         record["seconds"] = time.perf_counter() - start_time
         history.append(record)
+        status.update("stage2 MF epochs (at most)", epoch, cfg.max_epochs)
         valid_auc = record[metric_key("valid", "auc")]
         if valid_auc > best_auc:  # NaN never improves
             best_auc, best_epoch, bad_epochs = valid_auc, epoch, 0

@@ -25,7 +25,8 @@ from ray.tune.search.optuna import OptunaSearch
 from sellarec.arguments import exit_code
 from sellarec.atomic_files import write_json_atomic, write_text_atomic
 from sellarec.config import from_dict
-from sellarec.experiment.resources import check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus, start_ray
+from sellarec.experiment.resources import (check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus,
+                                           start_ray, stop_ray)
 from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker, choice_key, git_commit
 from sellarec.experiment.trial import COMPLETE_KEY, TrialConfigs
 from sellarec.runtime import describe_machine, repo_relative
@@ -141,10 +142,18 @@ def _trial_configs(plan: SweepPlan) -> TrialConfigs:
                         final_reports=str(Path(plan.folder) / FINAL_REPORTS))
 
 
+def _watched(plan: SweepPlan) -> tuple[TrialConfigs, Any]:
+    """The trials' configurations publishing their status into the sweep's own folder, and the printer reading it
+    (a fixed folder: a resumed sweep's restored printer reads where the new trainable writes)."""
+    from sellarec.experiment.launch import watched
+
+    return watched(_trial_configs(plan), plan.num_samples, Path(plan.folder) / STATUS_DIR)
+
+
 def _trainable(plan: SweepPlan) -> Any:
     from sellarec.experiment.launch import trainable
 
-    return trainable(_trial_configs(plan), plan.cpus_per_trial, plan.gpus_per_trial)
+    return trainable(_watched(plan)[0], plan.cpus_per_trial, plan.gpus_per_trial)
 
 
 def _tuner(plan: SweepPlan, space: SearchSpace, callback: Any) -> Any:
@@ -176,7 +185,7 @@ def _tuner(plan: SweepPlan, space: SearchSpace, callback: Any) -> Any:
         tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent,
                                     trial_dirname_creator=trial_dirname, reuse_actors=reuse),
-        run_config=run_config(plan.name, plan.storage, callback, plan.max_failures),
+        run_config=run_config(plan.name, plan.storage, callback, plan.max_failures, _watched(plan)[1]),
     )
 
 
@@ -212,6 +221,7 @@ def _incumbent_id(plan: SweepPlan, space: SearchSpace, rows: list) -> str | None
 
 
 FINAL_REPORTS = "final_reports"   # in the sweep's folder: each finished trial's final report (TrialConfigs)
+STATUS_DIR = "status"   # in the sweep's folder while trials run: what each one is doing (sellarec.status)
 WALL_FILE = "wall.json"   # in the sweep's folder: wall seconds summed over every invocation (run, resumes, re-reports)
 
 
@@ -313,9 +323,7 @@ def run_sweep(options: SweepOptions) -> SweepOutcome:
         return _run(plan, space, tracker, options)
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
 
 
 def _interrupted(plan: SweepPlan, tracker: RunTracker, resume: str, seconds: float, what: str) -> SweepOutcome:
@@ -339,6 +347,7 @@ def _shared_stages_first(plan: SweepPlan, space: SearchSpace, address: str | Non
 
     from sellarec.config import apply_overrides
     from sellarec.data.dataset import data_fingerprint
+    from sellarec.experiment.callbacks import Heartbeat
     from sellarec.pipeline import run_pipeline, stage_keys
 
     if address is not None or plan.gpus_per_trial > 0 or any(not k.startswith("stage3.") for k in space.keys):
@@ -359,7 +368,8 @@ def _shared_stages_first(plan: SweepPlan, space: SearchSpace, address: str | Non
     print(f"computing the shared {' and '.join(sorted(keys))} once with {threads} threads before the trials "
           "(cached: seconds)", flush=True)
     start = time.perf_counter()
-    result = run_pipeline(cfg, Path(plan.folder) / "shared_stages", evaluate_test=False)
+    with Heartbeat(Path(plan.folder) / STATUS_DIR / "shared_stages.json", "shared stages"):
+        result = run_pipeline(cfg, Path(plan.folder) / "shared_stages", evaluate_test=False)
     print(f"shared stages ready in {time.perf_counter() - start:.0f} s ("
           + ", ".join(f"{k} {v}" for k, v in result.cache.items()) + ")", flush=True)
 

@@ -44,6 +44,10 @@ CASES = [  # (id, program, arguments, the one line's expected fragment)
      + STORE, "--cache-dir /proc/x: cannot write in /proc"),
     ("ablate-storage-unwritable", ABLATE, "--smoke-test --storage /proc/x --tracking-uri " + STORE,
      "--storage /proc/x: cannot write in /proc"),
+    ("ablate-import-runs-missing", ABLATE, "--smoke-test --import-runs {tmp}/none.jsonl --storage {tmp}/s "
+     "--tracking-uri " + STORE, "--import-runs {tmp}/none.jsonl: no such file"),
+    ("ablate-import-runs-not-json", ABLATE, "--smoke-test --import-runs {tmp}/columns.csv --storage {tmp}/s "
+     "--tracking-uri " + STORE, "--import-runs {tmp}/columns.csv: line 1 is not JSON"),
     ("report-tracking-uri-scheme", REPORT, "--smoke-test --tracking-uri garbage://x --out {tmp}/r.md",
      "--tracking-uri garbage://x: MLflow accepts"),
     ("report-unknown-profile", REPORT, "--spec components --profile tinyy --tracking-uri " + STORE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from sellarec.config import apply_overrides, from_dict, load_config
@@ -95,10 +97,15 @@ def _study(folder: Path, name: str):
 
 @pytest.mark.slow
 def test_tpe_sweep_records_the_mlflow_hierarchy(ray_cluster, tmp_path: Path, shared_cache: Path,
-                                                space_file: Path) -> None:
+                                                space_file: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SELLAREC_PROGRESS_SECONDS", "0.5")
     opts = _options(tmp_path, shared_cache, space_file, scheduler="fifo", name="tpe")
     out = run_sweep(opts)
     assert not out.interrupted and len(out.rows) == 4
+    # progress lines carry what the trials published from their workers (not only "starting" of the driver)
+    printed = capsys.readouterr().out
+    assert re.search(r"\d/4 done, \d running: \S+ (starting: data|stage[123] |waiting for stage)", printed), printed
+    assert not (out.path / "status").exists()
     assert {r.status for r in out.rows} == {"finished"}
     # ranking and best configuration agree with the metrics themselves
     values = [r.metrics["valid/auc"] for r in out.rows]
@@ -266,7 +273,8 @@ def test_failing_trials_are_retried_and_recorded(ray_cluster, tmp_path: Path, sh
     ({"address": "127.0.0.1:1", "storage": None}, r"--address needs --storage"),
     ({"address": "127.0.0.1:1", "tracking_uri": "sqlite:///x.db"}, r"--address needs --tracking-uri of a server"),
     ({"space": "training", "scheduler": "asha"},
-     r"space training searches stage3.max_train_samples, which changes the number of stage-3 steps; .*--scheduler fifo"),
+     r"space training searches stage3.max_train_samples, which changes the number of stage-3 steps; "
+     r".*--scheduler fifo"),
     ({"space": "mf", "scheduler": "asha", "overrides": ("stage2.emb_dim=32",)},
      r"ASHA stops trials at stage-3 evaluations and these trials end at stage2; pass --scheduler fifo"),
     ({"space": "mf"}, r"incumbent: the configuration's stage2.emb_dim=16 is outside the searched values"),
@@ -432,21 +440,29 @@ def test_ctrl_c_then_resume_loses_and_repeats_nothing(tmp_path: Path, shared_cac
 @pytest.mark.slow
 def test_sigkill_of_the_driver_then_resume_retrains_no_finished_trial(tmp_path: Path, shared_cache: Path,
                                                                       space_file: Path) -> None:
-    """SIGKILL the driver (and its private Ray) once two trials finished: --resume finishes the sweep, no finished
-    trial is trained again (its kept final report is untouched) and no MLflow run is reopened or logged twice. (A
-    trial that started within the last second before the kill is unknown to the restored Tune state: its run stays
+    """SIGKILL the driver once two trials finished: --resume stops what its Ray left running, finishes the sweep, no
+    finished trial is trained again (its kept final report is untouched) and no MLflow run is reopened or logged twice.
+    (A trial that started within the last second before the kill is unknown to the restored Tune state: its run stays
     in MLflow, KILLED or FINISHED, and Tune samples another; hence "at least four".)"""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = _start_sweep(tmp_path, shared_cache, space_file, "kill", 2, stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL, start_new_session=True)
-    os.killpg(proc.pid, signal.SIGKILL)   # the driver and the Ray it started: no chance to save or close
+    ours = psutil.Process(proc.pid).children(recursive=True)   # the driver's private Ray
+    os.kill(proc.pid, signal.SIGKILL)     # the driver alone, no chance to save, close or stop its Ray
     proc.wait(timeout=60)
     done = {c.data.tags["trial_id"]: (c.info.run_id, c.info.end_time) for c in _finished_children(uri, "kill")}
     kept = {t: tmp_path / "s" / "kill" / "final_reports" / f"{t}.json" for t in done}   # written once, at the end
     written = {t: path.stat().st_mtime_ns for t, path in kept.items()}
 
+    left = [p for p in ours if _running(p)]                 # Ray's agents outlive their driver
+
     resumed = _script("--resume", "--name", "kill", "--storage", str(tmp_path / "s"), timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]   # a restarted trial no longer crashes the Optuna searcher
+    if left:
+        assert "left by a killed sellarec driver" in resumed.stdout + resumed.stderr
+    _, alive = psutil.wait_procs(ours, timeout=10)
+    alive = [p for p in alive if _running(p)]
+    assert not alive, f"left by the killed driver: {[p.pid for p in alive]}"   # stopped by the resume's start
     parent, children = _runs(uri, "kill")
     assert parent.info.status == "FINISHED" and "RUNNING" not in {c.info.status for c in children}
     assert sum(c.info.status == "FINISHED" for c in children) >= 4
@@ -457,6 +473,14 @@ def test_sigkill_of_the_driver_then_resume_retrains_no_finished_trial(tmp_path: 
             assert (child.info.run_id, child.info.end_time) == done[trial]              # not reopened
             assert kept[trial].stat().st_mtime_ns == written[trial]                     # not trained again
         assert len(client.get_metric_history(child.info.run_id, "valid/auc")) <= 1     # never logged twice
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an orphan ended but not yet reaped by init is not ours any more)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # --------------------------------------------------------------------------------------------------- cluster

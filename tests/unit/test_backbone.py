@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 import time
 from pathlib import Path
@@ -256,3 +257,19 @@ def test_explicit_device_and_dtype() -> None:
 def test_bad_device_or_dtype_is_config_error(device: str, dtype: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         resolve_device_dtype(device, dtype)
+
+
+def test_a_truncated_backbone_file_is_moved_aside_with_one_warning_and_rebuilt(tmp_path: Path, caplog) -> None:
+    load_backbone("tiny", cache_dir=tmp_path, device="cpu", tiny_corpus=CORPUS)
+    (folder,) = (tmp_path / "backbones").glob("tiny-*")
+    weights = folder / "model.safetensors"
+    # Copies: safetensors maps the file, and reading a mapped page past the truncation below is a bus error.
+    expected = {name: tensor.clone() for name, tensor in load_file(weights).items()}
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        load_backbone("tiny", cache_dir=tmp_path, device="cpu", tiny_corpus=CORPUS)
+    got = load_file(weights)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "converted backbone" in warned[0] and folder.name in warned[0]
+    assert len(list((tmp_path / "backbones").glob(f".broken-{folder.name}-*"))) == 1

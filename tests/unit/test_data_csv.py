@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from sellarec.config import DataConfig
+from sellarec.data import dataset as dataset_module
 from sellarec.data import load_dataset
 from sellarec.errors import DataError
 
@@ -82,3 +84,25 @@ def test_a_process_reads_a_cached_dataset_once(tmp_path: Path, cache_dir: Path, 
     # a render-only setting shares the processed data but is a dataset of its own (its config says how to render)
     other = load_dataset(_cfg(tmp_path / "x.csv", warm_definition="collm"), cache_dir)
     assert other is not first and other.config.warm_definition == "collm" and len(reads) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "scramble"])
+def test_a_damaged_cache_entry_is_moved_aside_with_one_warning_and_rebuilt(tmp_path: Path, cache_dir: Path, caplog,
+                                                                           damage: str) -> None:
+    cfg = _cfg(write_csv(tmp_path / "x.csv"))
+    built = load_dataset(cfg, cache_dir)
+    (entry,) = (cache_dir / "data").glob("csv-*")
+    parquet = entry / "interactions.parquet"
+    data = parquet.read_bytes()
+    parquet.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-64] + bytes(64))
+    dataset_module._LOADED.clear()                              # as a new process would: read the entry again
+    with caplog.at_level(logging.WARNING):
+        again = load_dataset(cfg, cache_dir)
+    pd.testing.assert_frame_equal(again.interactions, built.interactions)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "processed-data cache entry" in warned[0] and entry.name in warned[0]
+    assert len(list((cache_dir / "data").glob(f".broken-{entry.name}-*"))) == 1
+    dataset_module._LOADED.clear()
+    caplog.clear()
+    assert load_dataset(cfg, cache_dir).interactions.equals(again.interactions.reset_index(drop=True))
+    assert not caplog.records                                   # the rebuilt entry is intact

@@ -22,7 +22,8 @@ def test_trial_threads_are_its_cpus(monkeypatch, tmp_path, cpus, threads) -> Non
     from sellarec.experiment.trial import TrialConfigs, run_trial
 
     request = types.SimpleNamespace(required_resources={"CPU": cpus, "GPU": 0.0})  # as PlacementGroupFactory
-    context = types.SimpleNamespace(get_trial_resources=lambda: request, get_trial_dir=lambda: str(tmp_path))
+    context = types.SimpleNamespace(get_trial_resources=lambda: request, get_trial_dir=lambda: str(tmp_path),
+                                    get_trial_id=lambda: "t0")
     monkeypatch.setattr(tune, "get_context", lambda: context)
     seen: list[int] = []
 
