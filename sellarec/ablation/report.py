@@ -267,7 +267,11 @@ def render_markdown(study: AblationRuns, published: dict[str, Any], png_name: st
                         _power_rows(cells, small))
     lines += ["", "## Cells", ""] + _table(["cell", "kind", "what differs from the full model"], about_rows)
     lines += ["", "## Published numbers", ""] + _published(study, cells, published) + [""]
-    commands = [c for c in (repo_relative(study.parent.get("command", "")), report_command) if c]
+    run_command = repo_relative(study.parent.get("command", ""))
+    commands = [c for c in (run_command, report_command) if c]
+    if run_command and runs_file:   # a fresh clone has no store: it imports the published runs first
+        commands += ["# from a fresh clone: log the published runs, run only the jobs they lack, then report",
+                     f"{run_command} --import-runs {runs_file}", report_command]
     return "\n".join(lines + _footer(study, commands, runs_file))
 
 

@@ -22,7 +22,7 @@ from sellarec.experiment.resources import (Resources, add_experiment_arguments, 
                                            check_shared_storage, check_shared_tracking, default_gpus)
 from sellarec.experiment.tracking import default_tracking_uri
 from sellarec.metrics import metric_key
-from sellarec.runtime import repo_root
+from sellarec.runtime import repo_relative, repo_root
 from sellarec.tuning.space import METRICS, SAMPLERS, SCHEDULERS, SearchSpace
 from sellarec.tuning.space_file import load_space
 
@@ -277,6 +277,38 @@ def resume_command(plan: SweepPlan, address: str | None) -> str:
     """The command that finishes (or re-reports) the sweep."""
     cmd = f"python tune/search.py --resume --name {plan.name} --storage {plan.storage}"
     return cmd + (f" --address {address}" if address else "")
+
+
+def rerun_command(plan: SweepPlan, space: SearchSpace) -> str:
+    """The command that runs the sweep again from a fresh clone: the same space, base configuration, sampler and
+    seed, scheduler, metric, trial count and resources under the same name, its report into the same folder when
+    that is in the checkout. The trials it samples match the first run's only as far as their metrics do (TPE
+    conditions on them), so on other hardware the search may take another path."""
+    import shlex
+
+    default_space = repo_root() / "tune" / "spaces" / f"{plan.space_name}.yaml"
+    words = ["python", "tune/search.py", "--space",
+             plan.space_name if Path(plan.space_path) == default_space else repo_relative(plan.space_path)]
+    words += ["--smoke-test"] if plan.smoke_test else ["--profile", str(plan.profile)]
+    if plan.preset:
+        words += ["--preset", plan.preset]
+    if plan.config_file:
+        words += ["--config", repo_relative(plan.config_file)]
+    fixed = list(space.fixed_overrides)
+    user = plan.overrides[len(fixed):] if plan.overrides[:len(fixed)] == fixed else plan.overrides
+    for override in user:
+        words += ["--set", override]
+    words += ["--num-samples", str(plan.num_samples), "--sampler", plan.sampler, "--seed", str(plan.seed),
+              "--scheduler", plan.scheduler, "--metric", plan.metric, "--cpus-per-trial", f"{plan.cpus_per_trial:g}"]
+    if plan.gpus_per_trial:
+        words += ["--gpus-per-trial", f"{plan.gpus_per_trial:g}"]
+    if plan.max_concurrent:
+        words += ["--max-concurrent", str(plan.max_concurrent)]
+    words += ["--name", plan.name]
+    report_dir = Path(plan.report_dir)
+    if report_dir != Path(plan.folder) and report_dir.is_relative_to(repo_root()):
+        words += ["--report-dir", repo_relative(str(report_dir))]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:

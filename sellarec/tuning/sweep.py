@@ -30,8 +30,8 @@ from sellarec.experiment.resources import (check_local_gpu, check_shared_trackin
 from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker, choice_key, git_commit
 from sellarec.experiment.trial import COMPLETE_KEY, TrialConfigs
 from sellarec.runtime import describe_machine, repo_relative
-from sellarec.tuning.plan import (SWEEP_FILE, SweepOptions, SweepPlan, check_options, new_plan, resume_command, resume_plan,
-                                  study_url)
+from sellarec.tuning.plan import (SWEEP_FILE, SweepOptions, SweepPlan, check_options, new_plan, rerun_command,
+                                  resume_command, resume_plan, study_url)
 from sellarec.tuning.space import SearchSpace
 from sellarec.tuning.space_file import load_space
 
@@ -192,7 +192,8 @@ def _tuner(plan: SweepPlan, space: SearchSpace, callback: Any) -> Any:
 # --------------------------------------------------------------------------------------------------- results
 
 
-def _report_lines(plan: SweepPlan, counts: dict[str, int], seconds: float) -> tuple[list[str], list[str]]:
+def _report_lines(plan: SweepPlan, space: SearchSpace, counts: dict[str, int],
+                  seconds: float) -> tuple[list[str], list[str]]:
     """The report's header (what was run) and footer (where to look further) bullets."""
     done = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
     header = [f"space `{plan.space_name}` ({plan.space_path}), profile `{plan.profile}`, preset "
@@ -206,8 +207,9 @@ def _report_lines(plan: SweepPlan, counts: dict[str, int], seconds: float) -> tu
     footer = [f"MLflow: parent run `{plan.parent_run_id}` in experiment `search-{plan.space_name}` of "
               f"`{plan.tracking_uri}`; open the UI with `mlflow/ui.sh` (see mlflow/README.md)",
               f"Optuna study `{plan.name}`: `optuna-dashboard {study_url(plan)}`",
-              f"Tune experiment: `{plan.storage}/{plan.name}`; resume or re-report with "
-              f"`{resume_command(plan, None)}`"]
+              f"Tune experiment: `{plan.storage}/{plan.name}`; on the machine that ran it, resume or re-report with "
+              f"`{resume_command(plan, None)}`",
+              f"Run it again from a fresh clone (the stage cache fills as it goes): `{rerun_command(plan, space)}`"]
     return [repo_relative(line) for line in header], [repo_relative(line) for line in footer]
 
 
@@ -254,7 +256,7 @@ def _finish(plan: SweepPlan, space: SearchSpace, tracker: RunTracker, seconds: f
         print(f"\n{what}: trial {best.trial_id}, {plan.metric} = {best.metrics[plan.metric]:.4f}; train it with:\n"
               f"{command}")
     importances = param_importances(study_url(plan), plan.name)
-    header, footer = _report_lines(plan, counts, _add_wall_time(plan, seconds))
+    header, footer = _report_lines(plan, space, counts, _add_wall_time(plan, seconds))
     md = Path(plan.report_dir) / f"{plan.name}.md"
     incumbent = _incumbent_id(plan, space, rows)
     png = write_report(md, rows, space.keys, plan.metric, plan.mode, importances, header, command, footer,

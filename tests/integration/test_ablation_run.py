@@ -76,6 +76,28 @@ def test_report_renders_the_smoke_store(smoke: dict) -> None:
     assert out.with_suffix(".png").is_file() and "Profile: `tiny`" in markdown
 
 
+@pytest.mark.slow
+def test_the_footer_rebuilds_the_table_in_an_empty_store_without_training(smoke: dict) -> None:
+    """The footer's fresh-clone commands, pointed at an empty store: every published run is imported, nothing is
+    trained, and the report of the new store has the same table."""
+    out = smoke["root"] / "report" / "components.md"
+    if not out.is_file():
+        assert _script("report.py", "--smoke-test", "--tracking-uri", smoke["uri"], "--out", out).returncode == 0
+    markdown = out.read_text(encoding="utf-8")
+    footer = markdown.split("# from a fresh clone:")[1].splitlines()
+    words = footer[1].split()
+    assert words[:2] == ["python", "ablations/run.py"] and words[-2] == "--import-runs"
+    fresh = f"sqlite:///{smoke['root'] / 'fresh.db'}"
+    words[words.index("--tracking-uri") + 1] = fresh
+    result = _script("run.py", *words[2:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 jobs: 4 already finished, 0 ran, 0 failed" in result.stdout
+    again = smoke["root"] / "fresh" / "components.md"
+    assert _script("report.py", "--smoke-test", "--tracking-uri", fresh, "--out", again).returncode == 0
+    table = [line for line in markdown.splitlines() if line.startswith("| `")]
+    assert [line for line in again.read_text(encoding="utf-8").splitlines() if line.startswith("| `")] == table
+
+
 @pytest.mark.parametrize("args, message", [
     (["--spec", "{bad}"], "ConfigError: ablation spec 'bad': unknown key 'mdoe' (did you mean 'mode'?)"),
     (["--spec", "componets"], "ConfigError: unknown ablation spec 'componets' (did you mean 'components'?"),
