@@ -336,12 +336,14 @@ def score_examples(backbone: Backbone, examples: Sequence[Example], *, batch_siz
     pad_id, device = backbone.tokenizer.pad_token_id, backbone.device
     scores = torch.zeros(len(examples), dtype=torch.float32)
     bar = tqdm(total=len(examples), desc=desc, disable=not progress, leave=False)
+    done = [0]   # counted here: a disabled bar (trials run without bars) never advances its ``n``
 
     def score(rows: list[int], batch: Batch, inputs_embeds: torch.Tensor | None, prefix: SharedPrefix | None) -> None:
         logits = answer_logits(model, batch, inputs_embeds, prefix)
         scores[rows] = yes_no_score(logits, backbone.yes_id, backbone.no_id, score_fn).cpu()
         bar.update(len(rows))
-        status.update(f"{desc} scoring", bar.n, len(examples))
+        done[0] += len(rows)
+        status.update(f"{desc} scoring", done[0], len(examples))
 
     # One prefix for the whole call, not one per batch: the shared part is the prompt template, and a per-batch
     # prefix would add a forward per batch to gain a token now and then where a batch's first titles coincide.

@@ -263,3 +263,20 @@ def test_groups_without_a_common_prefix(setup, monkeypatch) -> None:
     fast = score_examples(bb, examples, batch_size=4, score_fn="two_way_softmax", model=model)
     assert built and all(base == 0 for base, _ in built)
     np.testing.assert_allclose(fast, _alone(setup, examples), rtol=0, atol=1e-5)
+
+
+def test_scoring_without_a_bar_publishes_its_rows_done(setup, tmp_path, monkeypatch) -> None:
+    """Trials score without progress bars; the status they publish still counts the rows scored batch by batch
+    (a disabled tqdm bar never advances: the live progress line read 0/1500 until the end)."""
+    from sellarec import status
+
+    _, bb, model, _ = setup
+    examples = _examples(setup, 1)
+    seen: list[tuple[int, int]] = []
+    monkeypatch.setattr(status, "_path", tmp_path / "s.json")   # publishing, as inside a trial
+    monkeypatch.setattr(status, "write_json_atomic", lambda path, values: seen.append((values["done"],
+                                                                                        values["total"])))
+    monkeypatch.setattr(status, "MIN_WRITE_SECONDS", 0.0)
+    score_examples(bb, examples, batch_size=4, score_fn="two_way_softmax", model=model, progress=False)
+    assert seen[-1] == (len(examples), len(examples)) and len(seen) >= 3
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen) and seen[0][0] < len(examples)

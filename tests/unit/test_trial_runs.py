@@ -96,6 +96,23 @@ def test_a_retry_reuses_the_run_and_a_failure_records_the_exception(tmp_path: Pa
     assert run.data.tags["failures"] == "2" and callback.failures[0][1] == "ValueError: Input contains NaN"
 
 
+def test_a_retry_after_a_dead_worker_is_tagged_with_the_local_error_file(tmp_path: Path, base) -> None:
+    """Tune writes error.txt into the trial's local folder and syncs the storage copy (what ``get_error`` reads)
+    later: the reason comes from the local file (issue 13: retried trials were tagged ``unknown error``)."""
+    tracker = RunTracker(f"sqlite:///{tmp_path / 'm.db'}", "search-x")
+    callback = TrialRuns(tracker, tracker.start_parent("s", {}), TrialConfigs(base=base))
+    trial = _Trial("t1", dict(PARAMS), error="")                   # the storage copy is not there yet
+    trial.error_file = str(tmp_path / "error.txt")
+    Path(trial.error_file).write_text("Failure # 1\nTraceback ...\nray.exceptions.ActorDiedError: The actor died "
+                                      "unexpectedly before finishing this task.\n")
+    callback.on_trial_start(0, [], trial)
+    trial.num_failures = 1
+    callback.on_trial_recover(0, [], trial)
+    (run,) = tracker.children(callback.parent_id)
+    assert run.data.tags["error"].startswith("ray.exceptions.ActorDiedError: The actor died")
+    assert run.info.status == "RUNNING" and run.data.tags["failures"] == "1"
+
+
 def test_the_sweep_report_reads_its_trials_back_from_mlflow(tmp_path: Path, base) -> None:
     from sellarec.tuning.report import rows_from_runs
     from sellarec.tuning.space_file import load_space
