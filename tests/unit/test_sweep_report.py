@@ -89,3 +89,73 @@ def test_resolution_is_twice_the_top_half_width_and_four_times_the_rows_halve_it
     text = " ".join(resolution(rows, METRIC))
     assert "±0.0600 on 200 rows" in text and "more than about 0.1200" in text and "about 800 rows" in text
     assert resolution(rank_rows([_row("a", 0.7, None, None)], METRIC, "max"), METRIC) == []
+
+
+def _study(tmp_path: Path, values: list[float], pruned: int = 1) -> str:
+    """A sweep-like Optuna study in a tmp sqlite file: one finished trial per value (known params; the second did not
+    draw the conditional rank), then ``pruned`` stopped ones; returns its storage URL."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="sweep", storage=url, direction="maximize")
+    dists = {"stage3.collab_projector.type": CategoricalDistribution(["mlp", "linear"]),
+             "stage3.semantic_projector.rank": IntDistribution(8, 256, log=True),
+             "stage3.lr": FloatDistribution(1e-4, 3e-3, log=True)}
+    kinds, ranks, lrs = ["mlp", "linear", "mlp", "linear"], [8, 64, 175, 32], [1e-4, 3e-4, 1e-3, 3e-3]
+    for i, value in enumerate(values):
+        params = {"stage3.collab_projector.type": kinds[i], "stage3.semantic_projector.rank": ranks[i],
+                  "stage3.lr": lrs[i]}
+        if i == 1:
+            del params["stage3.semantic_projector.rank"]
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                  value=value))
+    for _ in range(pruned):
+        study.add_trial(optuna.trial.create_trial(params={"stage3.lr": 2e-4}, state=optuna.trial.TrialState.PRUNED,
+                                                  distributions={"stage3.lr": dists["stage3.lr"]}))
+    return url
+
+
+def _write(md: Path, url: str) -> list[Path]:
+    rows = rank_rows([_row("a", 0.70, 0.64, 0.76), _row("b", 0.66, 0.61, 0.71)], METRIC, "max")
+    return write_report(md, rows, ["stage3.collab_projector.type", "stage3.semantic_projector.rank", "stage3.lr"],
+                        METRIC, "max", {}, [], "cmd", [], top_k=5, study_storage=url, study_name="sweep")
+
+
+def test_the_search_plots_are_written_beside_the_report_and_linked(tmp_path: Path) -> None:
+    import warnings
+
+    from matplotlib.image import imread
+
+    url = _study(tmp_path, [0.61, 0.72, 0.66])
+    md = tmp_path / "out" / "sweep.md"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pngs = _write(md, url)
+    assert [str(w.message) for w in caught] == []                        # Optuna's ExperimentalWarning stays inside
+    history, parallel = tmp_path / "out" / "sweep-history.png", tmp_path / "out" / "sweep-parallel.png"
+    assert pngs == [md.with_suffix(".png"), history, parallel]
+    for png in (history, parallel):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width, _ = imread(png).shape                             # decodes: a whole image, not a stub
+        assert height > 100 and width > 100
+    text = md.read_text()
+    section = text.split("## Search plots", 1)[1].split("## Where to look further", 1)[0]
+    assert "(sweep-history.png)" in section and "(sweep-parallel.png)" in section
+    assert "3 finished trials" in section
+    again = tmp_path / "again" / "sweep.md"
+    _write(again, url)
+    for name in ("sweep-history.png", "sweep-parallel.png"):                # no timestamp or version in the file
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
+
+
+def test_one_finished_trial_draws_no_search_plot_and_says_why(tmp_path: Path) -> None:
+    md = tmp_path / "sweep.md"
+    pngs = _write(md, _study(tmp_path, [0.61], pruned=2))
+    assert pngs == [md.with_suffix(".png")]
+    assert not (tmp_path / "sweep-history.png").exists() and not (tmp_path / "sweep-parallel.png").exists()
+    section = md.read_text().split("## Search plots", 1)[1].split("## Where to look further", 1)[0]
+    assert "No optimisation-history or parallel-coordinate plot: they need at least 2 finished trials and the " \
+           "study has 1." in section
+    assert ".png)" not in section

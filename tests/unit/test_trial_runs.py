@@ -183,3 +183,22 @@ def test_a_replayed_final_report_is_not_logged_again_on_a_run_the_killed_driver_
     (run,) = tracker.children(parent)
     assert run.info.status == "FINISHED"
     assert len(tracker.client.get_metric_history(run.info.run_id, "valid/auc")) == 1
+
+
+def test_a_sweep_trial_run_is_named_by_what_it_varies_and_keeps_its_name_on_a_resume(tmp_path: Path, base) -> None:
+    keys = ["stage3.collab_projector.type", "stage3.semantic_projector.type", "stage3.semantic_projector.rank",
+            "stage3.lr"]
+    tracker = RunTracker(f"sqlite:///{tmp_path / 'm.db'}", "search-projector")
+    parent = tracker.start_parent("s", {"sweep": "s"})
+    drawn = {"stage3.semantic_projector.rank": 175, "stage3.lr": 0.0026341, "stage3.collab_projector.type": "mlp",
+             "stage3.semantic_projector.type": "lowrank"}
+    first = TrialRuns(tracker, parent, TrialConfigs(base=base, tags={"sweep": "s"}), keys)
+    first.on_trial_start(0, [], _Trial("t1", dict(drawn)))
+    # the driver dies; the resumed one (a new callback) sees the same trial start again
+    _finish(TrialRuns(tracker, parent, TrialConfigs(base=base, tags={"sweep": "s"}), keys), _Trial("t1", dict(drawn)),
+            dict(FINAL))
+    _finish(first, _Trial("t2", {"stage3.lr": 1e-5}), dict(FINAL))
+    runs = {r.data.tags["trial_id"]: r for r in tracker.children(parent)}
+    assert runs["t1"].info.run_name == "collab=mlp sem=lowrank r=175 lr=0.00263"
+    assert runs["t1"].data.tags["trial_name"] == "run_trial_t1"            # Tune's name stays a tag
+    assert runs["t2"].info.run_name == "lr=1e-5"
