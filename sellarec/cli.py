@@ -124,6 +124,56 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from sellarec.errors import ConfigError
+    from sellarec.path_checks import readable_file, writable_file
+    from sellarec.predict import Predictor, read_pairs, write_csv
+
+    if args.candidates is not None and args.top_k is None:
+        raise ConfigError("--candidates ranks each user's items: add --top-k K")
+    if args.pairs is not None and args.top_k is not None:
+        raise ConfigError("--top-k ranks candidates: pass them with --candidates instead of --pairs")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k {args.top_k} must be at least 1")
+    writable_file(args.out, "--out")
+    option, path = ("--pairs", args.pairs) if args.pairs is not None else ("--candidates", args.candidates)
+    readable_file(path, option)
+    pairs = read_pairs(Path(path), option)   # bad input fails before the model loads
+    if args.bundle is not None:
+        from sellarec.bundle import load_bundle
+
+        arts, warning = load_bundle(Path(args.bundle), cache_dir=args.cache_dir, device=args.device)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        from sellarec.run_artifacts import artifacts_from_run
+
+        arts = artifacts_from_run(Path(args.run), cache_dir=args.cache_dir, device=args.device)
+    predictor = Predictor(arts)
+    out = (predictor.score(pairs, f"{option} {path}") if args.top_k is None else
+           predictor.top_k(pairs, args.top_k, f"{option} {path}"))
+    write_csv(out, Path(args.out))
+    what = f"top {args.top_k} of {out['user_id'].nunique()} users" if args.top_k else f"{len(out)} pairs"
+    print(f"scored {what} with {predictor.stage} of {arts.source} ({int(out['cold'].sum())} cold rows) "
+          f"into {args.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sellarec.bundle import export_bundle
+    from sellarec.path_checks import writable_folder
+    from sellarec.run_artifacts import artifacts_from_run
+
+    writable_folder(args.to, "--to")
+    arts = artifacts_from_run(Path(args.run), cache_dir=args.cache_dir)
+    folder = export_bundle(arts, Path(args.to))
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    print(f"exported {arts.cfg.final_stage} of {args.run} ({', '.join(arts.folders)}; backbone "
+          f"{arts.cfg.backbone.name} not copied) into {folder} ({size / 2**20:.1f} MiB); score with: "
+          f"python -m sellarec predict --bundle {folder} --pairs PAIRS.csv --out SCORES.csv")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from sellarec.run_table import runs_markdown
 
@@ -245,6 +295,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--valid-only", action="store_true",
                        help="skip the LLM stages' test evaluation, as a sweep does (probes and learning curves)")
     train.set_defaults(func=_cmd_train)
+
+    predict = commands.add_parser("predict", help="score (user, item) pairs, or rank candidates, with a trained run")
+    model = predict.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", default=None, help="run folder of `sellarec train` (its stages from the stage cache)")
+    model.add_argument("--bundle", default=None, help="bundle folder of `sellarec export` (no stage cache needed)")
+    given = predict.add_mutually_exclusive_group(required=True)
+    given.add_argument("--pairs", default=None, metavar="PAIRS.csv",
+                       help="csv with columns user_id,item_id (the data's raw ids) to score")
+    given.add_argument("--candidates", default=None, metavar="ITEMS.csv",
+                       help="csv with columns user_id,item_id: each user's candidate items, ranked (with --top-k)")
+    predict.add_argument("--top-k", type=int, default=None, metavar="K", help="best K candidates per user")
+    predict.add_argument("--out", required=True, metavar="SCORES.csv",
+                         help="output csv: user_id,item_id,score,model,cold (top-k: user_id,rank,item_id,...)")
+    predict.add_argument("--cache-dir", default=None,
+                         help="stage cache of --run (default: its config's); backbone cache of both")
+    predict.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")
+    predict.set_defaults(func=_cmd_predict)
+
+    export = commands.add_parser("export", help="write a trained run as a self-contained bundle for `predict`")
+    export.add_argument("--run", required=True, help="run folder of `sellarec train`")
+    export.add_argument("--to", required=True, help="new bundle folder")
+    export.add_argument("--cache-dir", default=None, help="stage cache the run trained with (default: its config's)")
+    export.set_defaults(func=_cmd_export)
 
     compare = commands.add_parser("compare", help="markdown table of finished runs' final-stage metrics")
     compare.add_argument("runs", nargs="+", help="run folders written by `sellarec train --out`")

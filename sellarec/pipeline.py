@@ -36,7 +36,8 @@ from sellarec.runtime import cache_root, configure_threads, seed_everything
 from sellarec.stages.loop import OnEval
 
 __all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "split_metrics", "flat_metrics",
-           "check_trainable", "stage_keys", "stage3_steps", "load_run_backbone"]
+           "check_trainable", "stage_keys", "stage3_steps", "load_run_backbone", "library_versions", "TrainedModel",
+           "final_stages", "restore_final_model"]
 
 log = logging.getLogger(__name__)
 STAGES = ("stage1", "stage2", "stage3")
@@ -199,7 +200,8 @@ def load_run_backbone(cfg: SellaConfig, ds: Dataset, cache_dir: Path):
                          tiny_corpus=corpus, seed=cfg.runtime.seed)
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a stage artifact depends on (sellarec, torch, transformers, peft)."""
     import peft
     import transformers
 
@@ -337,18 +339,27 @@ def _stage1_test(run: _Run, scratch: Path) -> dict:
     return {"seconds": metrics["seconds"]}
 
 
+def _restore_stage3(run: _Run, stage2_folder: Path, stage3_folder: Path) -> None:
+    """Rebuild the saved stage 3 as ``run.trained_stage3`` unless this process trained it (needs ``run.model``)."""
+    from sellarec.stages import stage3
+
+    backbone = run.load_backbone()
+    if run.trained_stage3 is None:
+        mf, semantic = _load_mf(run, stage2_folder)
+        adapter_path = stage3_folder / "adapter.safetensors"
+        run.trained_stage3 = stage3.restore(
+            run.cfg.stage3, backbone, run.model, mf, semantic,
+            load_file(str(stage3_folder / "injector.safetensors")),
+            load_file(str(adapter_path)) if adapter_path.is_file() else None, seed=run.cfg.runtime.seed + 3)
+
+
 def _stage3_test(run: _Run, stage2_folder: Path, stage3_folder: Path, scratch: Path) -> dict:
     """Score the trained stage 3 (this process's, or the cached one rebuilt) on the test rows into ``scratch``."""
     from sellarec.stages import stage3
 
     cfg, start = run.cfg, time.perf_counter()
     backbone = run.load_backbone()
-    if run.trained_stage3 is None:
-        mf, semantic = _load_mf(run, stage2_folder)
-        adapter_path = stage3_folder / "adapter.safetensors"
-        run.trained_stage3 = stage3.restore(
-            cfg.stage3, backbone, run.model, mf, semantic, load_file(str(stage3_folder / "injector.safetensors")),
-            load_file(str(adapter_path)) if adapter_path.is_file() else None, seed=cfg.runtime.seed + 3)
+    _restore_stage3(run, stage2_folder, stage3_folder)
     injector, model = run.trained_stage3
     out = stage3.evaluate_test(cfg.stage3, cfg.eval, run.ds, backbone, model, injector, test_rows=run.test_rows,
                                max_length=cfg.backbone.max_length, seed=cfg.runtime.seed + 3,
@@ -356,6 +367,52 @@ def _stage3_test(run: _Run, stage2_folder: Path, stage3_folder: Path, scratch: P
     metrics = _test_metrics(out, start)
     (scratch / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return {"seconds": metrics["seconds"]}
+
+
+@dataclass
+class TrainedModel:
+    """The final model of a finished run, rebuilt from its saved stage artifacts, in eval mode.
+
+    Attributes:
+        stage: the final stage that scores ('stage1', 'stage2' or 'stage3').
+        backbone: the loaded LLM backbone; None for stage 2 (MF needs no LLM).
+        model: the LLM that scores (stage 1's adapter-wrapped model, or stage 3's); None for stage 2.
+        injector: stage 3's ID-token injector, else None.
+        mf: stage 2's MF model when stage 2 is final, else None.
+    """
+
+    stage: str
+    backbone: Any = None
+    model: Any = None
+    injector: Any = None
+    mf: Any = None
+
+
+def final_stages(cfg: SellaConfig) -> tuple[str, ...]:
+    """The stages whose artifacts the final model is rebuilt from (:func:`restore_final_model`)."""
+    return {"stage1": ("stage1",), "stage2": ("stage2",), "stage3": STAGES}[cfg.final_stage]
+
+
+def restore_final_model(cfg: SellaConfig, ds: Dataset, folders: dict[str, Path], cache_dir: Path) -> TrainedModel:
+    """Rebuild ``cfg.final_stage``'s model from the artifact folders of :func:`final_stages`, as the test
+    evaluation rebuilds a cached stage (same loaders, same seeds).
+
+    Args:
+        cfg: the run's configuration.
+        ds: its dataset (sizes; the ``tiny`` backbone's tokenizer corpus).
+        folders: stage -> a folder holding that stage's artifact files (a cache entry, or a bundle's copy).
+        cache_dir: where the backbone is built or found (``<cache_dir>/backbones``).
+    """
+    run = _Run(cfg, ds, cache_dir)
+    if cfg.final_stage == "stage2":
+        mf, _ = _load_mf(run, folders["stage2"])
+        return TrainedModel("stage2", mf=mf.eval())
+    _load_stage1(run, folders["stage1"])
+    if cfg.final_stage == "stage1":
+        return TrainedModel("stage1", backbone=run.backbone, model=run.model)
+    _restore_stage3(run, folders["stage2"], folders["stage3"])
+    injector, model = run.trained_stage3
+    return TrainedModel("stage3", backbone=run.backbone, model=model, injector=injector)
 
 
 def run_pipeline(cfg: SellaConfig, out_dir: Path, *, on_eval: OnEval | None = None,
@@ -381,7 +438,7 @@ def run_pipeline(cfg: SellaConfig, out_dir: Path, *, on_eval: OnEval | None = No
     store = StageCache(cache_dir)
     run = _Run(cfg, ds, cache_dir)
     result = PipelineResult(metrics={"final": cfg.final_stage, "cache": {}, "keys": keys}, out_dir=out_dir)
-    common_meta = {"data": ds.fingerprint, "backbone": cfg.backbone.name, "versions": _versions()}
+    common_meta = {"data": ds.fingerprint, "backbone": cfg.backbone.name, "versions": library_versions()}
 
     def stage(name: str, compute: Callable[[Path], dict], load: Callable[[Path], None] | None) -> Path:
         upstream = {k: v for k, v in keys.items() if STAGES.index(k) < STAGES.index(name)}

@@ -22,7 +22,7 @@ from sellarec.models.lora import adapter_state, attach_lora, load_adapter_state
 from sellarec.stages.evaluation import evaluate_scores, score_examples
 from sellarec.stages.loop import OnEval, run_loop
 
-__all__ = ["Stage1Output", "run", "evaluate_test"]
+__all__ = ["Stage1Output", "run", "score_rows", "evaluate_test"]
 
 
 
@@ -113,12 +113,19 @@ def run(cfg: Stage1Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone
                         seconds=time.perf_counter() - start)
 
 
+def score_rows(model: torch.nn.Module, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone, rows: pd.DataFrame,
+               *, max_length: int, progress: bool = False, split: str = "test") -> np.ndarray:
+    """Scores (N,) of the stage-1 model on ``rows`` (``user``, ``item``, ``history``, ``label``), in their order:
+    their stage-1 prompts scored by ``eval_cfg.score_fn``, as every stage-1 evaluation does."""
+    examples = build_examples(ds, rows, backbone.tokenizer, stage=1, max_length=max_length, with_answer=False)
+    return _score(model, backbone, examples, eval_cfg, split, progress)
+
+
 def evaluate_test(model: torch.nn.Module, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone, *,
                   test_rows: pd.DataFrame, max_length: int, seed: int, progress: bool = False) -> dict[str, float]:
     """AUC/UAUC with bootstrap CIs of the stage-1 model on ``test_rows`` (all, warm, cold): the TALLRec-style number.
 
     A step of its own so that a sweep, which selects on valid and never needs it, skips it.
     """
-    test = build_examples(ds, test_rows, backbone.tokenizer, stage=1, max_length=max_length, with_answer=False)
-    scores = _score(model, backbone, test, eval_cfg, "test", progress)
+    scores = score_rows(model, eval_cfg, ds, backbone, test_rows, max_length=max_length, progress=progress)
     return evaluate_scores(ds, test_rows, scores, eval_cfg, "test", seed=seed, bootstrap=True)

@@ -26,7 +26,7 @@ from sellarec.errors import ConfigError, DataError
 from sellarec.metrics import auc, evaluate_slices, metric_key, uauc
 from sellarec.models.mf import AlignedMF, alignment_loss
 
-__all__ = ["CollabResult", "train_collab"]
+__all__ = ["CollabResult", "train_collab", "score_logits"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def _as_tensors(rows: pd.DataFrame, device: torch.device) -> tuple[Tensor, Tenso
 
 
 @torch.no_grad()
-def _score(model: AlignedMF, rows: pd.DataFrame, batch_size: int, device: torch.device) -> np.ndarray:
-    """MF logits of ``rows`` (N,), computed in chunks of ``batch_size``."""
+def score_logits(model: AlignedMF, rows: pd.DataFrame, batch_size: int, device: torch.device) -> np.ndarray:
+    """MF logits of ``rows`` (N,), computed in chunks of ``batch_size``: what stage 2's AUC/UAUC rank by."""
     model.eval()
     users, items, _ = _as_tensors(rows, device)
     chunks = [model(users[k:k + batch_size], items[k:k + batch_size]) for k in range(0, len(rows), batch_size)]
@@ -161,7 +161,7 @@ def train_collab(cfg: Stage2Config, ds: Dataset, semantic: Tensor | None, *, see
     best_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.max_epochs + 1):
         record: dict[str, float] = {"epoch": epoch, **_train_epoch(model, optimizer, cfg, train_data, generator)}
-        scores = _score(model, valid_rows, eval_batch_size, device)
+        scores = score_logits(model, valid_rows, eval_batch_size, device)
         record[metric_key("valid", "auc")] = auc(valid_labels, scores)
         record[metric_key("valid", "uauc")] = uauc(valid_users, valid_labels, scores).value
         record["seconds"] = time.perf_counter() - start_time
@@ -192,7 +192,7 @@ def train_collab(cfg: Stage2Config, ds: Dataset, semantic: Tensor | None, *, see
     warm_col = f"warm_{ds.config.warm_definition}"
     report_rows = report_rows or {"valid": valid_rows, "test": test_rows}
     for split, rows in report_rows.items():
-        scored = rows.assign(score=_score(model, rows, eval_batch_size, device))
+        scored = rows.assign(score=score_logits(model, rows, eval_batch_size, device))
         metrics.update(evaluate_slices(scored, warm_col=warm_col, prefix=split, seed=seed,
                                        bootstrap_samples=bootstrap_samples))
     align = {"cos_before": cos_before, "cos_after": model.alignment_cosine(real_items)} if aligned else None

@@ -36,7 +36,8 @@ from sellarec.models.projector import build_collab_projector, build_semantic_pro
 from sellarec.stages.evaluation import decoder_and_head, evaluate_scores, score_examples
 from sellarec.stages.loop import OnEval, run_loop
 
-__all__ = ["Stage3Output", "build_injector", "fast_loss", "official_loss", "run", "restore", "evaluate_test"]
+__all__ = ["Stage3Output", "build_injector", "fast_loss", "official_loss", "run", "restore", "score_rows",
+           "evaluate_test"]
 
 
 
@@ -303,6 +304,16 @@ def restore(cfg: Stage3Config, backbone: Backbone, model: nn.Module, mf: Aligned
     return injector, model
 
 
+def score_rows(cfg: Stage3Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone, model: nn.Module,
+               injector: IdTokenInjector, rows: pd.DataFrame, *, max_length: int, progress: bool = False,
+               split: str = "test") -> np.ndarray:
+    """Scores (N,) of a trained stage 3 on ``rows`` (``user``, ``item``, ``history``, ``label``), in their order:
+    their ID-token prompts scored by ``eval_cfg.score_fn``, as every stage-3 evaluation does."""
+    examples = build_examples(ds, rows, backbone.tokenizer, stage=3, tokens=cfg.tokens, max_length=max_length,
+                              with_answer=False)
+    return _score(backbone, model, injector, examples, eval_cfg, split, progress)
+
+
 def evaluate_test(cfg: Stage3Config, eval_cfg: EvalConfig, ds: Dataset, backbone: Backbone, model: nn.Module,
                   injector: IdTokenInjector, *, test_rows: pd.DataFrame, max_length: int, seed: int,
                   progress: bool = False) -> dict[str, float]:
@@ -310,7 +321,6 @@ def evaluate_test(cfg: Stage3Config, eval_cfg: EvalConfig, ds: Dataset, backbone
 
     A step of its own so that a sweep, which selects on valid and never needs it, skips it.
     """
-    test = build_examples(ds, test_rows, backbone.tokenizer, stage=3, tokens=cfg.tokens, max_length=max_length,
-                          with_answer=False)
-    scores = _score(backbone, model, injector, test, eval_cfg, "test", progress)
+    scores = score_rows(cfg, eval_cfg, ds, backbone, model, injector, test_rows, max_length=max_length,
+                        progress=progress)
     return evaluate_scores(ds, test_rows, scores, eval_cfg, "test", seed=seed, bootstrap=True)
