@@ -68,8 +68,9 @@ def rows_from_runs(runs: list[Any], space: Any) -> list[TrialRow]:
 
 
 def train_command(profile: str | None, preset: str | None, config_file: str | None, overrides: list[str],
-                  params: dict[str, Any]) -> str:
-    """The ``python -m sellarec train`` command that trains one configuration of the sweep."""
+                  params: dict[str, Any], out: str | None = None) -> str:
+    """The ``python -m sellarec train`` command that trains one configuration of the sweep (into ``out``, else
+    train's default folder)."""
     parts = ["python -m sellarec train", f"--profile {profile}"] + ([f"--preset {preset}"] if preset else [])
     parts += [f"--config {config_file}"] if config_file else []
     parts += [f"--set '{o}'" for o in overrides]
@@ -79,6 +80,7 @@ def train_command(profile: str | None, preset: str | None, config_file: str | No
         else:
             shown = str(value).lower() if isinstance(value, bool) else str(value)
         parts.append(f"--set {key}={shown}")
+    parts += [f"--out {out}"] if out else []
     return " \\\n  ".join(parts)
 
 
@@ -341,7 +343,9 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
     if power := resolution(rows, metric):
         parts += [*power, ""]
     if any(r.status == "finished" for r in rows):
-        parts += ["The command below retrains the top-ranked trial from the stage cache and evaluates it on test:", "",
+        parts += ["The commands below retrain the top-ranked trial from the stage cache, evaluate it on test and "
+                  "export it as a bundle that `python -m sellarec predict --bundle` scores with (README: Score with a "
+                  "trained model):", "",
                   "```bash", best_command, "```", ""]
     if incumbent is not None:
         row = next(r for r in rows if r.trial_id == incumbent)

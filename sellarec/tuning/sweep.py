@@ -245,8 +245,10 @@ def _finish(plan: SweepPlan, space: SearchSpace, tracker: RunTracker, seconds: f
     rows = rank_rows(rows_from_runs(tracker.children(plan.parent_run_id), space), plan.metric, plan.mode)
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "stopped", "failed", "unfinished")}
     best = next((r for r in rows if r.status == "finished"), None)
+    best_run = f"runs/{plan.name}-best"
     command = repo_relative(train_command(plan.profile, plan.preset, plan.config_file, plan.overrides,
-                                          best.params if best else {}))
+                                          best.params if best else {}, out=best_run))
+    command += f"\npython -m sellarec export --run {best_run} --to bundles/{plan.name}-best"
     print(f"\nsweep {plan.name}: {len(rows)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}) "
           f"in {seconds / 60:.1f} min")
     print(format_table(rows[:plan.top_k], space.keys, plan.metric, markdown=False))
@@ -254,8 +256,8 @@ def _finish(plan: SweepPlan, space: SearchSpace, tracker: RunTracker, seconds: f
         told_apart = winner(rows, plan.metric, plan.mode) is not None
         what = ("best (its interval clears the runner-up's)" if told_apart else
                 "no best configuration (the top trial's interval overlaps the runner-up's); top point estimate")
-        print(f"\n{what}: trial {best.trial_id}, {plan.metric} = {best.metrics[plan.metric]:.4f}; train it with:\n"
-              f"{command}")
+        print(f"\n{what}: trial {best.trial_id}, {plan.metric} = {best.metrics[plan.metric]:.4f}; train and export "
+              f"it with:\n{command}")
     importances = param_importances(study_url(plan), plan.name)
     header, footer = _report_lines(plan, space, counts, _add_wall_time(plan, seconds))
     md = Path(plan.report_dir) / f"{plan.name}.md"
