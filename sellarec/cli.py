@@ -146,9 +146,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     else:
-        from sellarec.run_artifacts import artifacts_from_run
-
-        arts = artifacts_from_run(Path(args.run), cache_dir=args.cache_dir, device=args.device)
+        arts = _trained_run(args, args.device)
     predictor = Predictor(arts)
     out = (predictor.score(pairs, f"{option} {path}") if args.top_k is None else
            predictor.top_k(pairs, args.top_k, f"{option} {path}"))
@@ -159,16 +157,40 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trained_run(args: argparse.Namespace, device: str | None):
+    """The artifacts of ``--run RUN_DIR`` or ``--mlflow-run ID`` (a sweep trial or ablation run, ``--tracking-uri``),
+    from the stage cache."""
+    from sellarec.run_artifacts import artifacts_from_config, artifacts_from_run
+
+    if args.run is not None:
+        return artifacts_from_run(Path(args.run), cache_dir=args.cache_dir, device=device)
+    from sellarec.experiment.trained_runs import mlflow_run_config
+    from sellarec.experiment.tracking import default_tracking_uri
+    from sellarec.path_checks import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri) if args.tracking_uri else default_tracking_uri()
+    cfg, metrics = mlflow_run_config(uri, args.mlflow_run)
+    return artifacts_from_config(cfg, metrics, f"mlflow run {args.mlflow_run}", cache_dir=args.cache_dir,
+                                 device=device)
+
+
+def _add_trained_run_args(parser: argparse.ArgumentParser, group: argparse._MutuallyExclusiveGroup) -> None:
+    """``--run``'s alternative ``--mlflow-run ID`` and the store it is in."""
+    group.add_argument("--mlflow-run", default=None, metavar="ID",
+                       help="MLflow run id of a finished sweep trial or ablation run (its stages from the cache)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store of --mlflow-run (default sqlite:///<repo>/mlflow/mlflow.db)")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from sellarec.bundle import export_bundle
     from sellarec.path_checks import writable_folder
-    from sellarec.run_artifacts import artifacts_from_run
 
     writable_folder(args.to, "--to")
-    arts = artifacts_from_run(Path(args.run), cache_dir=args.cache_dir)
+    arts = _trained_run(args, None)
     folder = export_bundle(arts, Path(args.to))
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    print(f"exported {arts.cfg.final_stage} of {args.run} ({', '.join(arts.folders)}; backbone "
+    print(f"exported {arts.cfg.final_stage} of {arts.source} ({', '.join(arts.folders)}; backbone "
           f"{arts.cfg.backbone.name} not copied) into {folder} ({size / 2**20:.1f} MiB); score with: "
           f"python -m sellarec predict --bundle {folder} --pairs PAIRS.csv --out SCORES.csv")
     return 0
@@ -300,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = predict.add_mutually_exclusive_group(required=True)
     model.add_argument("--run", default=None, help="run folder of `sellarec train` (its stages from the stage cache)")
     model.add_argument("--bundle", default=None, help="bundle folder of `sellarec export` (no stage cache needed)")
+    _add_trained_run_args(predict, model)
     given = predict.add_mutually_exclusive_group(required=True)
     given.add_argument("--pairs", default=None, metavar="PAIRS.csv",
                        help="csv with columns user_id,item_id (the data's raw ids) to score")
@@ -314,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     export = commands.add_parser("export", help="write a trained run as a self-contained bundle for `predict`")
-    export.add_argument("--run", required=True, help="run folder of `sellarec train`")
+    exported = export.add_mutually_exclusive_group(required=True)
+    exported.add_argument("--run", default=None, help="run folder of `sellarec train`")
+    _add_trained_run_args(export, exported)
     export.add_argument("--to", required=True, help="new bundle folder")
     export.add_argument("--cache-dir", default=None, help="stage cache the run trained with (default: its config's)")
     export.set_defaults(func=_cmd_export)

@@ -23,7 +23,8 @@ from sellarec.errors import DataError
 from sellarec.pipeline import final_stages, stage_keys
 from sellarec.runtime import cache_root
 
-__all__ = ["RawIds", "RunArtifacts", "raw_ids", "read_run", "artifacts_from_run", "runtime_overrides"]
+__all__ = ["RawIds", "RunArtifacts", "raw_ids", "read_run", "artifacts_from_run", "artifacts_from_config",
+           "runtime_overrides"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,18 @@ def artifacts_from_run(run_dir: Path, *, cache_dir: Path | None = None, device: 
     """
     run_dir = Path(run_dir)
     cfg, metrics = read_run(run_dir)
+    return artifacts_from_config(cfg, metrics, run_dir, cache_dir=cache_dir, device=device)
+
+
+def artifacts_from_config(cfg: SellaConfig, metrics: dict[str, Any], source: Path | str, *,
+                          cache_dir: Path | None = None, device: str | None = None) -> RunArtifacts:
+    """The artifacts of a finished run given by its configuration and metrics (a run folder's, or a sweep trial's
+    from MLflow), from the stage cache under ``metrics["keys"]`` or, without them, the keys ``cfg`` gives.
+
+    Raises:
+        DataError: a missing or broken entry, data that differs from the data it trained on.
+    """
+    run_dir = source if isinstance(source, Path) else Path(str(source))
     cfg = runtime_overrides(cfg, cache_dir=cache_dir, device=device)
     root = cache_root(cfg.runtime)
     ds = load_dataset(cfg.data, root)

@@ -228,3 +228,30 @@ def test_a_stage2_run_predicts_sigmoid_mf_scores(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     auc = roc_auc_score(rows["label"].to_numpy(), scores["score"].to_numpy())
     assert auc == pytest.approx(metrics["stage2"]["test"]["auc"], abs=1e-6)
+
+
+def test_a_finished_mlflow_run_scores_as_its_run_folder(trained, run_scores, capsys) -> None:
+    """A sweep trial is known by its MLflow run (its config.yaml artifact), not a run folder: ``--mlflow-run ID``
+    rebuilds the same model from the stage cache; a run that did not finish, or an unknown id, is one line."""
+    from mlflow import MlflowClient
+
+    root, arts, _ = trained
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("search-x", artifact_location=str(root / "artifacts"))
+    finished, running = (client.create_run(experiment).info.run_id for _ in range(2))
+    for run_id in (finished, running):
+        client.log_text(run_id, (root / "run" / "config.yaml").read_text(), "config.yaml")
+    client.log_metric(finished, "valid/auc", 0.5)
+    client.set_terminated(finished, "FINISHED")
+    out = root / "mlflow-scores.csv"
+    assert _predict("--mlflow-run", finished, "--tracking-uri", uri, "--pairs", str(root / "pairs.csv"),
+                    "--out", str(out)) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"user_id": str, "item_id": str}), run_scores)
+    capsys.readouterr()
+    for run_id, message in ((running, "the run is RUNNING, not FINISHED"), ("0" * 32, "no such run")):
+        assert _predict("--mlflow-run", run_id, "--tracking-uri", uri, "--pairs", str(root / "pairs.csv"),
+                        "--out", str(root / "never.csv")) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not (root / "never.csv").exists()
