@@ -10,6 +10,7 @@ in the body depends on the clock or on dict/set order.
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -271,8 +272,17 @@ def render_markdown(study: AblationRuns, published: dict[str, Any], png_name: st
     commands = [c for c in (run_command, report_command) if c]
     if run_command and runs_file:   # a fresh clone has no store: it imports the published runs first
         commands += ["# from a fresh clone: log the published runs, run only the jobs they lack, then report",
-                     f"{run_command} --import-runs {runs_file}", report_command]
+                     f"{run_command} --import-runs {runs_file}", _report_after(run_command, study)]
     return "\n".join(lines + _footer(study, commands, runs_file))
+
+
+def _report_after(run_command: str, study: AblationRuns) -> str:
+    """The report command that reads the store ``run_command`` writes (its ``--tracking-uri``, else the default)."""
+    words = shlex.split(run_command)
+    shown = ["--smoke-test"] if "--smoke-test" in words else ["--spec", study.ablation, "--profile", study.profile]
+    if "--tracking-uri" in words[:-1]:
+        shown += ["--tracking-uri", words[words.index("--tracking-uri") + 1]]
+    return " ".join(shlex.quote(w) for w in ["python", "ablations/report.py", *shown])
 
 
 def render_plot(study: AblationRuns, path: Path) -> None:

@@ -92,8 +92,11 @@ def test_the_footer_rebuilds_the_table_in_an_empty_store_without_training(smoke:
     result = _script("run.py", *words[2:])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 jobs: 4 already finished, 0 ran, 0 failed" in result.stdout
+    report = footer[2].split()
+    assert report[:2] == ["python", "ablations/report.py"] and report[report.index("--tracking-uri") + 1] == smoke["uri"]
+    report[report.index("--tracking-uri") + 1] = fresh   # the store the run command above wrote
     again = smoke["root"] / "fresh" / "components.md"
-    assert _script("report.py", "--smoke-test", "--tracking-uri", fresh, "--out", again).returncode == 0
+    assert _script("report.py", *report[2:], "--out", again).returncode == 0
     table = [line for line in markdown.splitlines() if line.startswith("| `")]
     assert [line for line in again.read_text(encoding="utf-8").splitlines() if line.startswith("| `")] == table
 
