@@ -6,19 +6,22 @@ Schema. An experiment (``search-<space>``, ``ablations``) holds one parent run p
 varied, and ``mlflow.parentRunId``), plus the planner's own tags (a sweep: ``sweep``, ``space``, ``profile``,
 ``preset``; an ablation: ``ablation``, ``profile``, ``cell``, ``seed``, ...). A child's params are its whole flat
 configuration (``to_flat_dict``; lists as ``a,b``), its ``config.yaml`` is an artifact, its metrics are the
-vocabulary of :mod:`sellarec.metrics`.
+vocabulary of :mod:`sellarec.metrics`. Experiments carry :data:`EXPERIMENT_TAGS` (model training, not GenAI).
 
 The driver is the only writer (a Tune callback), so trial processes never touch the store, a sqlite file never sees
 concurrent writers, and every run's status is set by whoever knows it: FINISHED (ran to the end), KILLED (stopped
 early by the scheduler or by Ctrl-C, or left RUNNING by a driver that was stopped), FAILED (raised after its
 retries). A resumed sweep or ablation finds its runs by their tags and reuses them, so nothing is recorded twice.
-MLflow is imported inside the functions and Ray not at all, so the reports load without Ray.
+MLflow is imported inside the functions and Ray not at all, so the reports load without Ray. The UI's link to the
+latest sweep or ablation (:func:`latest_view_url`, printed by mlflow/ui.sh) stores that link's view as an
+experiment tag, the only other write.
 
 Default store: ``sqlite:///<repo>/mlflow/mlflow.db`` with artifacts in ``<repo>/mlflow/artifacts`` (git-ignored).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -26,7 +29,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlencode, urlparse
 
 import yaml
 
@@ -35,7 +38,8 @@ from sellarec.runtime import repo_root
 
 __all__ = ["default_tracking_uri", "is_local_store", "git_commit", "client_for", "ensure_experiment", "search_runs",
            "latest_run", "log_values", "close_running", "choice_key", "RunTracker", "CHILD_TAGS", "PARENT_ROLE",
-           "TRIAL_ROLE", "FINISHED", "KILLED", "FAILED", "RUNNING"]
+           "TRIAL_ROLE", "FINISHED", "KILLED", "FAILED", "RUNNING", "EXPERIMENT_TAGS", "KEY_METRICS",
+           "latest_parent", "runs_view_state", "save_runs_view", "runs_view_url", "latest_view_url"]
 
 FINISHED, KILLED, FAILED, RUNNING = "FINISHED", "KILLED", "FAILED", "RUNNING"
 PARENT_ROLE, TRIAL_ROLE = "parent", "trial"
@@ -43,6 +47,10 @@ CHILD_TAGS = ("mlflow.parentRunId", "role", "trial_id", "trial_name", "run_key",
 _SQLITE = "sqlite:///"
 _MAX_PARAM_CHARS = 6000   # MLflow's limit on a param value
 _BATCH = {"params": 100, "tags": 100, "metrics": 1000}   # MLflow's limits per log_batch call
+# The experiment kind "Machine learning" (not GenAI, whose page opens on Traces), set on creation: MLflow's API and
+# UIs built to read it honour it; 3.17.2's UI follows its GenAI/Model-training switch instead, which the link of
+# mlflow/ui.sh sets (workflowType=machine_learning; mlflow/README.md).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def default_tracking_uri(root: Path | None = None) -> str:
@@ -96,13 +104,17 @@ def ensure_experiment(client: Any, name: str, artifact_location: str | None = No
     """Id of experiment ``name``, created (in the driver, before any trial: no creation race) when missing.
 
     Without ``artifact_location``, a sqlite store keeps artifacts in ``artifacts/`` beside its database file
-    (MLflow's default is ``./mlruns`` under whatever the current folder is).
+    (MLflow's default is ``./mlruns`` under whatever the current folder is). The experiment carries
+    :data:`EXPERIMENT_TAGS` (model training, not GenAI), also when it was created without them.
     """
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location or _artifact_location(
-        client.tracking_uri))
+    if found is None:
+        return client.create_experiment(name, artifact_location=artifact_location or _artifact_location(
+            client.tracking_uri), tags=EXPERIMENT_TAGS)
+    for key, value in EXPERIMENT_TAGS.items():   # a store written before the tag; a kind chosen in the UI stays
+        if key not in found.tags:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def _tag_filter(tags: Mapping[str, str]) -> str:
@@ -252,3 +264,75 @@ class RunTracker:
         closed = close_running(self.client, self.children(parent_id), KILLED)
         self.end(parent_id, status)
         return closed
+
+
+# The UI's view of a sweep or an ablation. MLflow 3.17's runs page reads its filter and sort from the URL but its
+# columns only from the browser's local storage or from a saved view: an experiment tag
+# ``mlflow.sharedViewState.<key>`` that ``?viewStateShareKey=<key>`` opens (and the page's saved-views menu lists).
+# ``?workflowType=machine_learning`` keeps the UI on model training: it ignores the experiment's kind tag and
+# otherwise follows its GenAI/Machine-learning switch, which starts on GenAI. mlflow/README.md has the evidence.
+KEY_METRICS = ("valid/auc", "valid/uauc", "test/auc", "test/uauc")   # the first one logged sorts
+_VIEW_TAG = "mlflow.sharedViewState."
+_SCOPE_TAGS = ("sweep", "ablation", "profile")   # the parent's tags its children carry too
+_MAX_PARAM_COLUMNS = 16
+
+
+def latest_parent(client: Any, experiment_prefix: str = "search-") -> Any | None:
+    """The most recently started parent run of the experiments named ``<experiment_prefix>...``, or None."""
+    ids = [e.experiment_id for e in client.search_experiments(max_results=1000) if
+           e.name.startswith(experiment_prefix)]
+    if not ids:
+        return None
+    runs = client.search_runs(ids, filter_string=f"tags.role = '{PARENT_ROLE}'", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def runs_view_state(parent: Any, children: Iterable[Any]) -> dict[str, Any]:
+    """The runs page's state for one parent: its runs (parent and trials), best ``valid/auc`` first, with the
+    params the trials varied and the :data:`KEY_METRICS` they logged as columns.
+
+    Sorting by a metric lists the parent and its trials flat: MLflow nests children under a parent only when sorted
+    by start time, and then shows them collapsed (which parents are expanded lives in the browser only).
+    """
+    children = list(children)
+    varied = sorted({key for run in children for key in run.data.tags.get("varied", "").split(",") if key})
+    metrics = [key for key in KEY_METRICS if any(key in run.data.metrics for run in children)]
+    scope = {key: parent.data.tags[key] for key in _SCOPE_TAGS if key in parent.data.tags}
+    return {"searchFilter": _tag_filter(scope) if scope else f"attributes.run_id = '{parent.info.run_id}'",
+            "orderByKey": f"metrics.`{metrics[0]}`" if metrics else "attributes.start_time", "orderByAsc": False,
+            "selectedColumns": [f"params.`{key}`" for key in varied[:_MAX_PARAM_COLUMNS]]
+                               + [f"metrics.`{key}`" for key in metrics]}
+
+
+def save_runs_view(client: Any, experiment_id: str, key: str, name: str, state: Mapping[str, Any]) -> None:
+    """Store ``state`` as the experiment's saved view ``key`` (named ``name`` in the UI; replaced if present)."""
+    now = int(time.time() * 1000)
+    envelope = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment_id, _VIEW_TAG + key, json.dumps(envelope))
+
+
+def runs_view_url(base_url: str, experiment_id: str, view_key: str | None = None,
+                  state: Mapping[str, Any] | None = None) -> str:
+    """The UI's runs page of an experiment, on model training: with saved view ``view_key``, or else with the
+    filter and sort of ``state`` in the URL (a URL with both would ignore the view)."""
+    query: dict[str, Any] = {"workflowType": "machine_learning"}
+    if view_key:
+        query["viewStateShareKey"] = view_key
+    elif state:
+        query.update({k: str(state[k]).lower() if isinstance(state[k], bool) else state[k]
+                      for k in ("searchFilter", "orderByKey", "orderByAsc") if k in state})
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+
+def latest_view_url(client: Any, base_url: str, experiment_prefix: str = "search-") -> str | None:
+    """The link to the latest sweep (``search-*``) or ablation (``ablations``): saves its view
+    (:func:`runs_view_state`, key = the parent's run id) and returns :func:`runs_view_url`; None without one."""
+    parent = latest_parent(client, experiment_prefix)
+    if parent is None:
+        return None
+    experiment_id, run_id = parent.info.experiment_id, parent.info.run_id
+    children = search_runs(client, experiment_id, {"mlflow.parentRunId": run_id})
+    name = f"{parent.info.run_name} ({client.get_experiment(experiment_id).name})"
+    save_runs_view(client, experiment_id, run_id, name, runs_view_state(parent, children))
+    return runs_view_url(base_url, experiment_id, view_key=run_id)
