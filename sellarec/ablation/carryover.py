@@ -26,6 +26,8 @@ __all__ = ["RUNS_SUFFIX", "runs_path", "export_runs", "read_runs", "import_runs"
 RUNS_SUFFIX = ".runs.jsonl"
 _FIELDS = ("run_name", "start_time", "end_time", "tags", "params", "metrics")
 _NOT_CARRIED = ("mlflow.", "superseded")   # MLflow's own (parent, name, user) and the old store's selection
+# Params that name a folder of the machine that ran (outside every stage and run key): a published file holds none.
+_MACHINE_PARAMS = ("runtime.cache_dir",)
 
 
 def runs_path(report: Path) -> Path:
@@ -48,7 +50,7 @@ def export_runs(tracking_uri: str, ablation: str, profile: str, path: Path, expe
         tags = {k: v for k, v in run.data.tags.items() if not k.startswith(_NOT_CARRIED)}
         tags.setdefault("machine", machine)
         record = {"run_name": run.info.run_name, "start_time": run.info.start_time, "end_time": run.info.end_time,
-                  "tags": dict(sorted(tags.items())), "params": dict(sorted(run.data.params.items())),
+                  "tags": dict(sorted(tags.items())), "params": {k: v for k, v in sorted(run.data.params.items()) if k not in _MACHINE_PARAMS},
                   "metrics": dict(sorted(run.data.metrics.items()))}
         lines.append(json.dumps(record, sort_keys=True, allow_nan=True))
     write_text_atomic(Path(path), "".join(f"{line}\n" for line in lines))

@@ -49,6 +49,7 @@ def _store_a(tmp_path: Path, jobs: list) -> str:
                 "data_fingerprint": FINGERPRINT, "git_commit": "abc1234", "label_rule": "rating >= 4 is positive"}
         run = client.create_run(tracker.experiment_id, start_time=1000 + number, tags=tags, run_name=f"r{number}")
         client.log_param(run.info.run_id, "data.dataset", "ml100k")
+        client.log_param(run.info.run_id, "runtime.cache_dir", "/home/a/.cache/sellarec")
         client.log_metric(run.info.run_id, "test/auc", _value(job.cell.name, job.seed))
         client.set_terminated(run.info.run_id, "FINISHED", end_time=2000 + number)
     # a run of another configuration (an older spec) and one on other data: never imported
@@ -74,6 +75,7 @@ def test_runs_exported_from_one_store_are_imported_into_another_and_not_run_agai
     records = read_runs(exported)
     assert all(r["tags"]["machine"] == "Machine A, 2 cores" for r in records)   # the parent's, carried per run
     assert not any(k.startswith("mlflow.") for r in records for k in r["tags"])
+    assert not any("runtime.cache_dir" in r["params"] for r in records)   # machine A's folder: not published
 
     uri_b = f"sqlite:///{tmp_path / 'b.db'}"
     tracker = RunTracker(uri_b, EXPERIMENT)
