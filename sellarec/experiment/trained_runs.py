@@ -11,6 +11,7 @@ import yaml
 from sellarec.config import SellaConfig, from_dict
 from sellarec.errors import DataError
 from sellarec.experiment.tracking import FINISHED, client_for
+from sellarec.pipeline import nest_metrics
 
 __all__ = ["mlflow_run_config"]
 
@@ -39,9 +40,5 @@ def mlflow_run_config(tracking_uri: str, run_id: str) -> tuple[SellaConfig, dict
                         "trial); pass a trial's run id") from None
     with open(text, encoding="utf-8") as handle:
         cfg = from_dict(yaml.safe_load(handle))
-    metrics: dict[str, Any] = {"final": cfg.final_stage}
-    for key, value in run.data.metrics.items():
-        split, _, name = key.partition("/")
-        if name:
-            metrics.setdefault(split, {})[name] = value
-    return cfg, metrics
+    flat = {k: v for k, v in run.data.metrics.items() if "/" in k}
+    return cfg, {"final": cfg.final_stage, **nest_metrics(flat)}

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import re
+import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -284,8 +285,6 @@ def rerun_command(plan: SweepPlan, space: SearchSpace) -> str:
     seed, scheduler, metric, trial count and resources under the same name, its report into the same folder when
     that is in the checkout. The trials it samples match the first run's only as far as their metrics do (TPE
     conditions on them), so on other hardware the search may take another path."""
-    import shlex
-
     default_space = repo_root() / "tune" / "spaces" / f"{plan.space_name}.yaml"
     words = ["python", "tune/search.py", "--space",
              plan.space_name if Path(plan.space_path) == default_space else repo_relative(plan.space_path)]
