@@ -32,7 +32,7 @@ from sellarec.data.prompts import tiny_corpus
 from sellarec.errors import DataError
 from sellarec.metrics import (COST_COMPUTE_SECONDS, COST_TRAINABLE_PARAMS, SPLIT_METRICS, SPLITS, TRAIN_STEP, cache_key,
                               metric_key, stage_seconds_key)
-from sellarec.runtime import cache_root, configure_threads, seed_everything
+from sellarec.runtime import cache_root, configure_threads, describe_machine, seed_everything
 from sellarec.stages.loop import OnEval
 
 __all__ = ["STAGES", "PipelineResult", "run_pipeline", "nest_metrics", "split_metrics", "flat_metrics",
@@ -438,7 +438,9 @@ def run_pipeline(cfg: SellaConfig, out_dir: Path, *, on_eval: OnEval | None = No
     store = StageCache(cache_dir)
     run = _Run(cfg, ds, cache_dir)
     result = PipelineResult(metrics={"final": cfg.final_stage, "cache": {}, "keys": keys}, out_dir=out_dir)
-    common_meta = {"data": ds.fingerprint, "backbone": cfg.backbone.name, "versions": library_versions()}
+    # The machine is recorded, not keyed: entries are shared across machines, but bits differ across CPU kernel sets.
+    common_meta = {"data": ds.fingerprint, "backbone": cfg.backbone.name, "versions": library_versions(),
+                   "machine": describe_machine()}
 
     def stage(name: str, compute: Callable[[Path], dict], load: Callable[[Path], None] | None) -> Path:
         upstream = {k: v for k, v in keys.items() if STAGES.index(k) < STAGES.index(name)}

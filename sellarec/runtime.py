@@ -67,5 +67,8 @@ def describe_machine() -> str:
     except OSError:
         pass
     gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), "
-            f"{platform.python_implementation()} {platform.python_version()}")
+    # The kernel set torch dispatches to: a virtual machine's CPU is often just "AMD EPYC", yet AVX2 and AVX512
+    # kernels round differently, and LoRA training turns that into other weights (docs/results.md, reproducibility).
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return (f"{cpu} ({kernels} kernels), {os.cpu_count()} cores, {gpu}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} thread(s)), {platform.python_implementation()} {platform.python_version()}")

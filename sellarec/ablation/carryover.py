@@ -11,6 +11,7 @@ reads imported and local runs alike (its footer names every machine and commit b
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from sellarec.atomic_files import write_text_atomic
 from sellarec.errors import ConfigError
 from sellarec.experiment.tracking import FINISHED, RunTracker, log_values
 
-__all__ = ["RUNS_SUFFIX", "runs_path", "export_runs", "read_runs", "import_runs"]
+__all__ = ["RUNS_SUFFIX", "runs_path", "export_runs", "read_runs", "import_runs", "kernel_set", "kernel_warnings"]
 
 RUNS_SUFFIX = ".runs.jsonl"
 _FIELDS = ("run_name", "start_time", "end_time", "tags", "params", "metrics")
 _NOT_CARRIED = ("mlflow.", "superseded")   # MLflow's own (parent, name, user) and the old store's selection
 # Params that name a folder of the machine that ran (outside every stage and run key): a published file holds none.
 _MACHINE_PARAMS = ("runtime.cache_dir",)
+_KERNELS = re.compile(r"\((\w+) kernels\)")   # as runtime.describe_machine writes it
 
 
 def runs_path(report: Path) -> Path:
@@ -119,3 +121,33 @@ def import_runs(tracker: RunTracker, parent_id: str, records: Iterable[Mapping[s
         tracker.client.set_terminated(run.info.run_id, FINISHED, end_time=record["end_time"])
         imported += 1
     return imported, skipped
+
+
+def kernel_set(machine: str) -> str | None:
+    """The CPU kernel set a ``machine`` line names (``AMD EPYC (AVX512 kernels), ...`` -> ``AVX512``); None for a line
+    written before the kernel set was recorded."""
+    found = _KERNELS.search(machine or "")
+    return found.group(1) if found else None
+
+
+def kernel_warnings(records: Iterable[Mapping[str, Any]], machine: str) -> list[str]:
+    """One line for each CPU kernel set among ``records`` (imported runs) other than ``machine``'s.
+
+    Stage 1 trained with AVX2 kernels and with AVX512 kernels under one stage key gives other LoRA weights, and stage
+    3 amplifies that (bench/kernel_repro.sh, docs/results.md): a job run here is then not paired with an imported
+    one at its seed through the same stage-1/2 models, so paired differences also carry the machines' difference.
+    """
+    mine = kernel_set(machine)
+    counts: dict[str | None, int] = {}
+    for record in records:
+        theirs = kernel_set(record["tags"].get("machine", ""))
+        if theirs != mine:
+            counts[theirs] = counts.get(theirs, 0) + 1
+    lines = []
+    for theirs, count in sorted(counts.items(), key=lambda item: str(item[0])):
+        made = f"with {theirs} CPU kernels" if theirs else "with a CPU kernel set they do not name"
+        lines.append(f"{count} imported runs were made {made}, this machine runs {mine or 'unknown'} kernels: stages "
+                     "trained here differ in their bits from the same stages there (bench/kernel_repro.sh), so "
+                     "pairs at one seed do not share their stage-1/2 models; finish the ablation on one kind of "
+                     "machine (ATEN_CPU_CAPABILITY=avx2 makes a newer CPU run AVX2 kernels)")
+    return lines

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sellarec.ablation.carryover import import_runs
+from sellarec.ablation.carryover import import_runs, kernel_warnings
 from sellarec.ablation.expansion import expand_cells, expand_jobs
 from sellarec.ablation.spec import AblationSpec, Job
 from sellarec.ablation.tracking import EXPERIMENT, label_rule, open_parent
@@ -156,6 +156,8 @@ def run_ablation(spec: AblationSpec, *, storage: Path | str, tracking_uri: str, 
         log.info("imported %d finished runs from %s", count, import_source)
         for reason in refused:
             log.warning("not imported from %s: %s", import_source, reason)
+        for line in kernel_warnings(imported_runs, describe_machine()):
+            log.warning(line)
     pending = _sync_children(tracker, parent_id, jobs)
     summary = RunSummary(jobs=len(jobs), skipped=len(jobs) - len(pending), parent_run_id=parent_id)
     log.info("ablation %s (%s): %d jobs, %d already finished", spec.name, profile, len(jobs), summary.skipped)

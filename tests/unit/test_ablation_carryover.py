@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sellarec.ablation.carryover import export_runs, import_runs, read_runs, runs_path
+from sellarec.ablation.carryover import export_runs, import_runs, kernel_set, kernel_warnings, read_runs, runs_path
 from sellarec.ablation.records import load_ablation_runs
 from sellarec.ablation.report import write_report
 from sellarec.ablation.runner import _sync_children, plan_jobs
@@ -134,3 +134,21 @@ def test_a_malformed_runs_file_is_one_config_error(tmp_path: Path, content: str,
         read_runs(path)
     with pytest.raises(ConfigError, match="no such file"):
         read_runs(tmp_path / "missing.jsonl")
+
+
+def test_imported_runs_from_another_cpu_kernel_set_are_named_in_one_warning() -> None:
+    here = "AMD EPYC (AVX512 kernels), 2 cores, no GPU, torch 2.13.0+cpu (1 thread(s)), CPython 3.11.7"
+
+    def record(machine: str) -> dict:
+        return {"tags": {"machine": machine, "cell": "full", "seed": "0", "run_key": "k"}}
+
+    assert kernel_set(here) == "AVX512" and kernel_set("AMD EPYC, 2 cores") is None
+    same = [record(here.replace("2 cores", "16 cores")) for _ in range(3)]
+    assert kernel_warnings(same, here) == []
+    other = [record("Intel Xeon (AVX2 kernels), 2 cores, no GPU"), record("Intel Xeon (AVX2 kernels), 4 cores"),
+             record("AMD EPYC, 2 cores, no GPU")]   # the last one predates the kernel set in the line
+    lines = kernel_warnings(same + other, here)
+    assert len(lines) == 2
+    assert lines[0].startswith("2 imported runs were made with AVX2 CPU kernels, this machine runs AVX512")
+    assert lines[1].startswith("1 imported runs were made with a CPU kernel set they do not name")
+    assert all("\n" not in line and "ATEN_CPU_CAPABILITY=avx2" in line for line in lines)
