@@ -100,13 +100,13 @@ def import_runs(tracker: RunTracker, parent_id: str, records: Iterable[Mapping[s
     wanted = {(j.cell.name, str(j.seed)): j.run_key for j in jobs}
     have = {(r.data.tags.get("cell"), r.data.tags.get("seed"), r.data.tags.get("run_key"))
             for r in tracker.children(parent_id) if r.info.status == FINISHED}
-    imported, skipped = 0, []
+    imported, skipped, other_cells = 0, [], []
     for record in records:
         tags = record["tags"]
         ident = (tags["cell"], str(tags["seed"]))
         name = f"{ident[0]} seed {ident[1]}"
         if wanted.get(ident) != tags["run_key"]:
-            skipped.append(f"{name}: not a job of this spec (another configuration)")
+            other_cells.append(ident[0])   # e.g. another spec's cells: one line for all of them
             continue
         if tags.get("data_fingerprint") != fingerprints.get(ident):
             skipped.append(f"{name}: data fingerprint {tags.get('data_fingerprint')} differs from this machine's "
@@ -120,6 +120,9 @@ def import_runs(tracker: RunTracker, parent_id: str, records: Iterable[Mapping[s
         log_values(tracker.client, run.info.run_id, params=record["params"], metrics=record["metrics"])
         tracker.client.set_terminated(run.info.run_id, FINISHED, end_time=record["end_time"])
         imported += 1
+    if other_cells:
+        cells = ", ".join(dict.fromkeys(other_cells))
+        skipped.append(f"{len(other_cells)} runs are not jobs of this spec (other configurations; cells {cells})")
     return imported, skipped
 
 

@@ -152,3 +152,19 @@ def test_imported_runs_from_another_cpu_kernel_set_are_named_in_one_warning() ->
     assert lines[0].startswith("2 imported runs were made with AVX2 CPU kernels, this machine runs AVX512")
     assert lines[1].startswith("1 imported runs were made with a CPU kernel set they do not name")
     assert all("\n" not in line and "ATEN_CPU_CAPABILITY=avx2" in line for line in lines)
+
+
+def test_runs_of_other_configurations_are_summed_up_in_one_line(tmp_path: Path, jobs) -> None:
+    # another spec's runs file (e.g. components.runs.jsonl imported into the projector ablation): only the runs
+    # whose configuration is a job here are imported, the rest are one line naming their cells
+    exported = tmp_path / "components.runs.jsonl"
+    export_runs(_store_a(tmp_path, jobs), "components", "tiny", exported, EXPERIMENT)
+    records = read_runs(exported)
+    for record in [r for r in records if r["tags"]["data_fingerprint"] == FINGERPRINT][:2]:
+        record["tags"] = {**record["tags"], "cell": "-elsewhere", "run_key": "another-spec"}
+    tracker = RunTracker(f"sqlite:///{tmp_path / 'c.db'}", EXPERIMENT)
+    parent = open_parent(tracker, "components", "tiny", {"machine": "Machine C", "jobs": str(len(jobs))})
+    count, refused = import_runs(tracker, parent, records, jobs, _prints(jobs), "x")
+    assert count == 1   # of the 4 records: 2 re-labelled, 1 on other data
+    assert refused[-1] == "2 runs are not jobs of this spec (other configurations; cells -elsewhere)"
+    assert len(refused) == 2
