@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sellarec.atomic_files import write_json_atomic
 
-__all__ = ["Status", "publish_to", "label", "update", "waiting", "read_status", "describe", "MIN_WRITE_SECONDS"]
+__all__ = ["Status", "publish_to", "label", "update", "waiting", "read_status", "describe", "seconds_left", "MIN_WRITE_SECONDS"]
 
 MIN_WRITE_SECONDS = 2.0
 
@@ -98,6 +98,13 @@ def read_status(path: Path) -> Status | None:
         return None
 
 
+def seconds_left(status: Status, now: float) -> float | None:
+    """The activity's remaining seconds at its own rate so far; None before its first unit or without a total."""
+    if status.total <= 0 or status.done <= 0:
+        return None
+    return max(0.0, now - status.started) / status.done * max(0, status.total - status.done)
+
+
 def describe(status: Status, now: float) -> str:
     """One phrase for a terminal: ``stage3 train 12/40 (3.0 min in, ~7.0 min left)`` or
     ``waiting for stage1 from trial X (2.0 min)``; the estimate is the activity's own rate so far."""
@@ -106,9 +113,9 @@ def describe(status: Status, now: float) -> str:
     if status.total <= 0:
         return f"{head} ({_minutes(elapsed)})"
     head = f"{head} {status.done}/{status.total}"
-    if status.done <= 0:
+    left = seconds_left(status, now)
+    if left is None:
         return f"{head} ({_minutes(elapsed)} in)"
-    left = elapsed / status.done * max(0, status.total - status.done)
     return f"{head} ({_minutes(elapsed)} in, ~{_minutes(left)} left)"
 
 

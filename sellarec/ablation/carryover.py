@@ -52,7 +52,8 @@ def export_runs(tracking_uri: str, ablation: str, profile: str, path: Path, expe
         tags = {k: v for k, v in run.data.tags.items() if not k.startswith(_NOT_CARRIED)}
         tags.setdefault("machine", machine)
         record = {"run_name": run.info.run_name, "start_time": run.info.start_time, "end_time": run.info.end_time,
-                  "tags": dict(sorted(tags.items())), "params": {k: v for k, v in sorted(run.data.params.items()) if k not in _MACHINE_PARAMS},
+                  "tags": dict(sorted(tags.items())),
+                  "params": {k: v for k, v in sorted(run.data.params.items()) if k not in _MACHINE_PARAMS},
                   "metrics": dict(sorted(run.data.metrics.items()))}
         lines.append(json.dumps(record, sort_keys=True, allow_nan=True))
     write_text_atomic(Path(path), "".join(f"{line}\n" for line in lines))

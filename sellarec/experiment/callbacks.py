@@ -24,7 +24,7 @@ from sellarec.experiment.labels import params_label
 from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker
 from sellarec.experiment.trial import COMPLETE_KEY, REPLAYED_KEY, TrialConfigs
 from sellarec.metrics import COST_TRIAL_SECONDS, TRAIN_STEP, cache_key, metric_key
-from sellarec.status import describe, publish_to, read_status
+from sellarec.status import describe, publish_to, read_status, seconds_left
 
 __all__ = ["TrialRuns", "ProgressPrinter", "Heartbeat", "PROGRESS_SECONDS", "progress_seconds", "loggable_metrics",
            "error_reason"]
@@ -284,24 +284,26 @@ class ProgressPrinter(tune.Callback):
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         total = max(self.total or 0, len(trials))
         now = self._wall()
-        parts = []
+        parts, phase_left = [], {}
         for trial in running:
             found = read_status(self.status_dir / f"{trial.trial_id}.json") if self.status_dir else None
             parts.append(f"{trial.trial_id} {describe(found, now) if found else 'starting'}")
-        left = self._time_left(running, done, total)
+            phase_left[trial.trial_id] = (seconds_left(found, now) if found else None) or 0.0
+        left = self._time_left(running, done, total, phase_left)
         return f"{done}/{total} done, {len(running)} running: {' | '.join(parts)}; {left}"
 
-    def _time_left(self, running: list, done: int, total: int) -> str:
+    def _time_left(self, running: list, done: int, total: int, phase_left: dict[str, float]) -> str:
         """The experiment's time left: the mean trained trial's seconds for every trial not done, less what the
-        running ones have spent, over the trials running at once. Trials served wholly by the cache are left out
-        of the mean (they take seconds); pending trials that hit the cache end sooner than estimated."""
+        running ones have spent (but never less than what their current activity still needs, ``phase_left``), over
+        the trials running at once. Trials served wholly by the cache are left out of the mean (they take seconds);
+        pending trials that hit the cache end sooner than estimated."""
         trained = [s for s in self._trained if math.isfinite(s)]
         if not trained:
             return "time left known once a trial that trains finishes"
         mean = statistics.fmean(trained)
         now = self._clock()
-        spent = [now - self._started.get(t.trial_id, now) for t in running]
-        work = sum(max(0.0, mean - s) for s in spent) + max(0, total - done - len(running)) * mean
+        work = sum(max(mean - (now - self._started.get(t.trial_id, now)), phase_left.get(t.trial_id, 0.0))
+                   for t in running) + max(0, total - done - len(running)) * mean
         return (f"about {_duration(work / len(running))} left (mean of {len(trained)} trained trial"
                 f"{'s' * (len(trained) != 1)}: {_duration(mean)}, {len(running)} at a time)")
 

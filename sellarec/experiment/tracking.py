@@ -93,6 +93,9 @@ def client_for(tracking_uri: str) -> Any:
     """An ``MlflowClient`` on ``tracking_uri``; a sqlite file's folder is created first."""
     from mlflow import MlflowClient
 
+    # MLflow draws a progress bar for every artifact it downloads (a one-file config.yaml too): noise in our output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
     # "Creating initial MLflow database tables..." on a new store: MLflow's INFO, nothing a user acts on.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     if tracking_uri.startswith(_SQLITE):

@@ -34,6 +34,7 @@ class TrialRow:
         metrics: its last reported numbers (``valid/auc``, ...).
         error: the failure's reason, if any.
         index: position in start order.
+        run_id: its MLflow run (what ``predict --mlflow-run`` and ``export --mlflow-run`` take).
     """
 
     trial_id: str
@@ -42,6 +43,7 @@ class TrialRow:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     index: int = 0
+    run_id: str = ""
 
 
 def rows_from_runs(runs: list[Any], space: Any) -> list[TrialRow]:
@@ -63,7 +65,8 @@ def rows_from_runs(runs: list[Any], space: Any) -> list[TrialRow]:
         if run.info.status == "KILLED" and tags.get("stopped_by") == "scheduler":
             status = "stopped"
         rows.append(TrialRow(tags.get("trial_id", run.info.run_id), status, params,
-                             current_names(dict(run.data.metrics)), tags.get("error", "")[:300], index))
+                             current_names(dict(run.data.metrics)), tags.get("error", "")[:300], index,
+                             run.info.run_id))
     return rows
 
 
@@ -345,7 +348,8 @@ def write_report(md_path: Path, rows: list[TrialRow], keys: list[str], metric: s
     if any(r.status == "finished" for r in rows):
         parts += ["The commands below retrain the top-ranked trial from the stage cache, evaluate it on test and "
                   "export it as a bundle that `python -m sellarec predict --bundle` scores with (README: Score with a "
-                  "trained model):", "",
+                  "trained model); on the machine that ran the sweep, the last two score with the trial as it is "
+                  "and export it, without retraining:", "",
                   "```bash", best_command, "```", ""]
     if incumbent is not None:
         row = next(r for r in rows if r.trial_id == incumbent)

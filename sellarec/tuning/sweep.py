@@ -27,7 +27,8 @@ from sellarec.atomic_files import write_json_atomic, write_text_atomic
 from sellarec.config import from_dict
 from sellarec.experiment.resources import (check_local_gpu, check_shared_tracking, cluster_gpus, default_gpus,
                                            start_ray, stop_ray)
-from sellarec.experiment.tracking import FAILED, FINISHED, KILLED, RunTracker, choice_key, git_commit
+from sellarec.experiment.tracking import (FAILED, FINISHED, KILLED, RunTracker, choice_key, default_tracking_uri,
+                                         git_commit)
 from sellarec.experiment.trial import COMPLETE_KEY, TrialConfigs
 from sellarec.runtime import describe_machine, repo_relative
 from sellarec.tuning.plan import (SWEEP_FILE, SweepOptions, SweepPlan, check_options, new_plan, rerun_command,
@@ -249,6 +250,11 @@ def _finish(plan: SweepPlan, space: SearchSpace, tracker: RunTracker, seconds: f
     command = repo_relative(train_command(plan.profile, plan.preset, plan.config_file, plan.overrides,
                                           best.params if best else {}, out=best_run))
     command += f"\npython -m sellarec export --run {best_run} --to bundles/{plan.name}-best"
+    if best is not None:   # the trial itself: its stages are in this machine's stage cache
+        store = "" if plan.tracking_uri == default_tracking_uri() else f" --tracking-uri {plan.tracking_uri}"
+        command += (f"\npython -m sellarec predict --mlflow-run {best.run_id}{store} --pairs PAIRS.csv "
+                    f"--out SCORES.csv\npython -m sellarec export --mlflow-run {best.run_id}{store} "
+                    f"--to bundles/{plan.name}-top-trial")
     print(f"\nsweep {plan.name}: {len(rows)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}) "
           f"in {seconds / 60:.1f} min")
     print(format_table(rows[:plan.top_k], space.keys, plan.metric, markdown=False))

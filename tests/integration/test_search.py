@@ -161,13 +161,16 @@ def test_tpe_sweep_records_the_mlflow_hierarchy(ray_cluster, tmp_path: Path, sha
     parent, children = _runs(opts.tracking_uri, "tpe")
     assert {c.info.run_id: c.info.end_time for c in children} == ended and parent.info.status == "FINISHED"
     # the report's commands retrain the top trial (the same valid AUC: same configuration, cached stages) and
-    # export it as a bundle (run from a scratch folder: their paths are relative to where they run)
+    # export it as a bundle (run from a scratch folder: their paths are relative to where they run); then score
+    # with and export the top trial itself, by its MLflow run id
     block = text.split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [c.replace("\\\n", " ").split() for c in re.split(r"\n(?=python )", block.strip())]
-    assert [c[:4] for c in commands] == [["python", "-m", "sellarec", "train"], ["python", "-m", "sellarec", "export"]]
+    assert [c[3] for c in commands] == ["train", "export", "predict", "export"]
+    top_run = next(c.info.run_id for c in children if c.data.tags["trial_id"] == out.rows[0].trial_id)
+    assert [c[c.index("--mlflow-run") + 1] for c in commands[2:]] == [top_run, top_run]
     work = tmp_path / "from-report"
     work.mkdir()
-    for command in commands:
+    for command in commands[:2] + commands[3:]:
         words = [w.strip("'") for w in command[1:]]
         done = subprocess.run([sys.executable, *words], cwd=work, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "PYTHONPATH": str(repo_root())})
@@ -175,6 +178,7 @@ def test_tpe_sweep_records_the_mlflow_hierarchy(ray_cluster, tmp_path: Path, sha
     trained = json.loads((work / "runs" / "tpe-best" / "metrics.json").read_text())
     assert trained["stage3"]["valid"]["auc"] == pytest.approx(out.rows[0].metrics["valid/auc"], abs=1e-9)
     assert (work / "bundles" / "tpe-best" / "README.md").is_file()
+    assert (work / "bundles" / "tpe-top-trial" / "README.md").is_file()
 
 
 @pytest.mark.slow

@@ -138,6 +138,11 @@ def test_the_progress_line_names_each_running_trials_activity_and_the_time_left(
         "2/5 done, 2 running: a stage3 train 3/10 (30 s in, ~70 s left) | b starting; "
         "about 13 min left (mean of 1 trained trial: 10 min, 2 at a time)")
     assert printer.progress_line([c, d, e]) is None
+    # past the mean (900 s of 600), a still needs what its activity needs at its own rate: 7 units of 10 s each;
+    # b, also past it, has no estimate: 0. With e's 600 s: (70 + 0 + 600) / 2 = 335 s ("6 min"; without a's 70 s,
+    # 300 s would read "5 min")
+    clock.now, wall.now = 900.0, 5000.0
+    assert printer.progress_line(trials).endswith("; about 6 min left (mean of 1 trained trial: 10 min, 2 at a time)")
 
 
 def test_a_progress_line_is_printed_every_period_and_the_status_folder_is_removed(tmp_path: Path, capsys) -> None:
