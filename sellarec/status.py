@@ -21,7 +21,8 @@ from pathlib import Path
 
 from sellarec.atomic_files import write_json_atomic
 
-__all__ = ["Status", "publish_to", "label", "update", "waiting", "read_status", "describe", "seconds_left", "MIN_WRITE_SECONDS"]
+__all__ = ["Status", "publish_to", "label", "update", "waiting", "read_status", "describe", "seconds_left", "UPPER_BOUND",
+           "MIN_WRITE_SECONDS"]
 
 MIN_WRITE_SECONDS = 2.0
 
@@ -98,9 +99,13 @@ def read_status(path: Path) -> Status | None:
         return None
 
 
+UPPER_BOUND = "(at most)"   # in an activity's name: its total is a cap (early stopping), not what it will take
+
+
 def seconds_left(status: Status, now: float) -> float | None:
-    """The activity's remaining seconds at its own rate so far; None before its first unit or without a total."""
-    if status.total <= 0 or status.done <= 0:
+    """The activity's remaining seconds at its own rate so far; None before its first unit, without a total, or
+    when the total is only a cap (:data:`UPPER_BOUND`)."""
+    if status.total <= 0 or status.done <= 0 or UPPER_BOUND in status.activity:
         return None
     return max(0.0, now - status.started) / status.done * max(0, status.total - status.done)
 
@@ -115,7 +120,8 @@ def describe(status: Status, now: float) -> str:
     head = f"{head} {status.done}/{status.total}"
     left = seconds_left(status, now)
     if left is None:
-        return f"{head} ({_minutes(elapsed)} in)"
+        return f"{head} ({_minutes(elapsed)} in, {_minutes(elapsed / status.done)} each)" if status.done > 0 else \
+            f"{head} ({_minutes(elapsed)} in)"
     return f"{head} ({_minutes(elapsed)} in, ~{_minutes(left)} left)"
 
 

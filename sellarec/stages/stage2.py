@@ -166,7 +166,7 @@ def train_collab(cfg: Stage2Config, ds: Dataset, semantic: Tensor | None, *, see
         record[metric_key("valid", "uauc")] = uauc(valid_users, valid_labels, scores).value
         record["seconds"] = time.perf_counter() - start_time
         history.append(record)
-        status.update("stage2 MF epochs (at most)", epoch, cfg.max_epochs)
+        status.update(f"stage2 MF epochs {status.UPPER_BOUND}", epoch, cfg.max_epochs)   # early stopping ends it sooner
         valid_auc = record[metric_key("valid", "auc")]
         if valid_auc > best_auc:  # NaN never improves
             best_auc, best_epoch, bad_epochs = valid_auc, epoch, 0

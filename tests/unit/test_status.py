@@ -72,6 +72,11 @@ def test_describe_estimates_the_rest_of_the_activity_from_its_rate() -> None:
     assert status.describe(status.Status("stage1 train", 0, 40, 0.0, 0.0), now=30.0) == "stage1 train 0/40 (30 s in)"
     wait = status.Status("waiting for stage1", 0, 0, 10.0, 10.0, note="from trial a_00000")
     assert status.describe(wait, now=70.0) == "waiting for stage1 from trial a_00000 (60 s)"
+    # a total that is only a cap (early stopping): no "left" from it (it read "~289 min left" at epoch 2 of 300,
+    # for a stage that stops after ~40), the time per unit instead: 90 s over 3 epochs = 30 s each
+    capped = status.Status(f"stage2 MF epochs {status.UPPER_BOUND}", 3, 300, started=0.0, updated=90.0)
+    assert status.describe(capped, now=90.0) == "stage2 MF epochs (at most) 3/300 (1.5 min in, 30 s each)"
+    assert status.seconds_left(capped, 90.0) is None
 
 
 def test_an_unreadable_status_is_none(tmp_path: Path) -> None:
